@@ -1,0 +1,142 @@
+"""The attack interface. An attack turns clean images into attacked images under an
+L_inf (or L2) budget for one model, in the requested direction of the quality score."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from benchmark.attacks.utils import frozen_eval, seeded_rng
+from benchmark.errors import ConfigError, DataError
+from benchmark.models.base import IQAModel
+
+Direction = Literal["up", "down"]
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    name: str
+    family: str  # "gradient", "query", "universal", "generative" ("plugin" for uncarded plugins)
+    norm: Literal["linf", "l2"] = "linf"
+    gradient_free: bool = False
+    trainable: bool = False
+    description: str = ""
+    reference: str = ""  # the paper the preset follows
+
+
+class Attack(ABC):
+    """Base class. Subclasses implement `_perturb`; `perturb` adds the checks.
+
+    Params come from the attack card (`[params]`) and may be overridden on the CLI.
+    The objective is `sign * model.quality(x, ref)` with sign +1 for "up" (inflate)
+    and -1 for "down", so every attack maximises `objective`.
+    """
+
+    info: AttackInfo
+
+    def __init__(
+        self,
+        info: AttackInfo,
+        eps: float,
+        direction: Direction = "up",
+        seed: int = 0,
+        **params: Any,
+    ) -> None:
+        if direction not in ("up", "down"):
+            raise ConfigError(f"direction must be 'up' or 'down', got {direction!r}")
+        if not (0.0 < eps <= 1.0):
+            raise ConfigError(f"eps must lie in (0, 1], got {eps}")
+        self.info = info
+        self.eps = float(eps)
+        self.direction: Direction = direction
+        self.seed = int(seed)
+        self.params = params
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.direction == "up" else -1.0
+
+    def objective(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        """Per-image value the attack maximises."""
+        return self.sign * model.quality(x, ref)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the attack's output (recorded beside each result)."""
+        return {
+            "name": self.info.name,
+            "class": f"{type(self).__module__}:{type(self).__qualname__}",
+            "eps": self.eps,
+            "norm": self.info.norm,
+            "direction": self.direction,
+            "seed": self.seed,
+            "params": dict(self.params),
+        }
+
+    def fit(
+        self,
+        model: IQAModel,
+        train_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+        artifact_dir: Path,
+    ) -> None:
+        """Trainable attacks (UAP, FACPA) learn here; per-image attacks need nothing."""
+        return None
+
+    def perturb(
+        self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Attack a batch; checks inputs and the budget, and isolates the model and RNG state.
+
+        `_perturb` runs with the model in eval mode and its parameters frozen (restored after),
+        gradients enabled even under a caller's `no_grad`, and the global RNG seeded with
+        `seed` inside a fork, so results are reproducible and the caller's RNG is untouched.
+        """
+        _check_images(x, "images")
+        if ref is not None:
+            _check_images(ref, "reference images")
+            if ref.shape != x.shape:
+                raise DataError(
+                    f"reference images have shape {tuple(ref.shape)}, images {tuple(x.shape)}"
+                )
+        x = x.detach()
+        ref = None if ref is None else ref.detach()
+        with frozen_eval(model), seeded_rng(self.seed, x.device), torch.enable_grad():
+            x_adv = self._perturb(model, x, ref).detach()
+        self._check_result(x, x_adv)
+        return x_adv
+
+    def _check_result(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        """The budget contract of section 3: a violation is a bug in the attack, never data."""
+        name = self.info.name
+        if x_adv.shape != x.shape or x_adv.device != x.device:
+            raise RuntimeError(f"attack {name} changed the image shape or device")
+        if not torch.isfinite(x_adv).all():
+            raise RuntimeError(f"attack {name} returned non-finite pixels")
+        if x_adv.min() < 0 or x_adv.max() > 1:
+            raise RuntimeError(f"attack {name} returned pixels outside [0, 1]")
+        delta = (x_adv - x).flatten(1).double()
+        size = delta.abs().amax(dim=1) if self.info.norm == "linf" else delta.norm(dim=1)
+        tolerance = 1e-6 + 2 * torch.finfo(x.dtype).eps
+        if (size > self.eps + tolerance).any():
+            raise RuntimeError(
+                f"attack {name} exceeded its {self.info.norm} budget {self.eps:.6g}: "
+                f"largest perturbation {size.max().item():.6g}"
+            )
+
+    @abstractmethod
+    def _perturb(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        """Return attacked images in [0,1] within `eps` of `x`."""
+
+
+def _check_images(x: torch.Tensor, what: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"{what} must be a float tensor of shape (N,3,H,W), got {shape}")
+    if not x.is_floating_point():
+        raise DataError(f"{what} must be a float tensor in [0,1], got dtype {x.dtype}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError(f"{what} must be finite and lie in [0,1]")

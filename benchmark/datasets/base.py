@@ -1,0 +1,102 @@
+"""The dataset interface: an ordered collection of (image_id, image, mos, ref)."""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Sample:
+    image_id: str
+    image: torch.Tensor  # (3, H, W) float32 in [0, 1]
+    mos: float | None
+    ref: torch.Tensor | None = None  # pristine reference for full-reference metrics
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    images: torch.Tensor  # (N, 3, H, W)
+    mos: torch.Tensor  # (N,) float64, NaN where unknown
+    refs: torch.Tensor | None  # (N, 3, H, W) or None when the dataset has no references
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    layout: str  # builtin | koniq10k | kadid10k | tid2013 | folder
+    mos_range: tuple[float, float] | None  # None: the dataset has no MOS
+    has_refs: bool
+    split: str = "all"
+    description: str = ""
+
+
+class IQADataset(ABC):
+    """Subclasses list their items cheaply (`ids`) and load images lazily (`load`).
+
+    Unreadable images are logged and skipped by `__iter__`, never silently: the
+    skipped ids are kept in `self.skipped` with the reason.
+    """
+
+    info: DatasetInfo
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, str] = {}
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @abstractmethod
+    def ids(self) -> list[str]:
+        """Image ids in a fixed order."""
+
+    @abstractmethod
+    def load(self, image_id: str) -> Sample:
+        """Load one item; raises DataError naming the file when it cannot be read."""
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def __iter__(self) -> Iterator[Sample]:
+        from benchmark.errors import DataError
+
+        for image_id in self.ids():
+            try:
+                yield self.load(image_id)
+            except DataError as exc:
+                self.skipped[image_id] = str(exc)
+                log.warning("skipping %s: %s", image_id, exc)
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
+        """Consecutive samples of equal shape, at most `batch_size` per batch."""
+        buf: list[Sample] = []
+        n = 0
+        for sample in self:
+            if limit is not None and n >= limit:
+                break
+            n += 1
+            if buf and (buf[0].image.shape != sample.image.shape or len(buf) >= batch_size):
+                yield collate(buf)
+                buf = []
+            buf.append(sample)
+        if buf:
+            yield collate(buf)
+
+
+def collate(samples: list[Sample]) -> Batch:
+    refs = [s.ref for s in samples]
+    has_refs = all(r is not None for r in refs)
+    return Batch(
+        ids=[s.image_id for s in samples],
+        images=torch.stack([s.image for s in samples]),
+        mos=torch.tensor([float("nan") if s.mos is None else s.mos for s in samples], dtype=torch.float64),
+        refs=torch.stack(refs) if has_refs else None,  # type: ignore[arg-type]
+    )

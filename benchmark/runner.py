@@ -1,0 +1,362 @@
+"""The runner: expands a run into cells, skips stored ones, runs the rest, stores each.
+
+Data flow: `RunConfig` -> `plan_cells` (CellKeys) -> per (model, dataset) group: build the
+model once, check its input gradient on the first batch, score clean images once, then
+one `run_cell` per attack preset, eps and direction -> `ResultStore.write_cell`.
+Executors (`local` here; Ray in `benchmark.executors`) decide where a group runs; the
+driver alone writes the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from benchmark.attacks.base import Attack
+from benchmark.attacks.registry import create_attack
+from benchmark.budget import budget_label
+from benchmark.datasets.base import Batch, IQADataset
+from benchmark.datasets.registry import create_dataset
+from benchmark.errors import BenchmarkError, ConfigError, ModelUnavailable
+from benchmark.models.base import IQAModel
+from benchmark.models.registry import create_model
+from benchmark.paths import cache_dir
+from benchmark.provenance import run_meta
+from benchmark.results import CellKey, CellResult
+from benchmark.store import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on; what is recorded (hashed) beside each cell."""
+
+    models: tuple[str, ...]
+    attacks: tuple[str, ...]
+    dataset: str = "builtin"
+    split: str | None = None
+    eps: tuple[float, ...] = ()  # empty: each attack card's default
+    directions: tuple[str, ...] = ("up",)
+    limit: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16
+    params: dict[str, Any] = field(default_factory=dict)  # attack parameter overrides
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be a positive integer, got {self.limit}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        for d in self.directions:
+            if d not in ("up", "down"):
+                raise ConfigError(f"direction must be 'up' or 'down', got {d!r}")
+        if self.device != "cpu" and not self.device.startswith("cuda"):
+            raise ConfigError(f"--device must be cpu or cuda[:N], got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("--device cuda asked for, but torch sees no CUDA device here")
+
+
+@dataclass
+class RunReport:
+    """What a run did, for the CLI's last lines and the exit code."""
+
+    computed: list[CellKey] = field(default_factory=list)
+    skipped: list[CellKey] = field(default_factory=list)
+    failed: list[tuple[CellKey, str]] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+def make_attack(cfg: RunConfig, name: str, eps: float | None, direction: str) -> Attack:
+    return create_attack(name, eps, direction=direction, seed=cfg.seed, **cfg.params)  # type: ignore[arg-type]
+
+
+def plan_cells(cfg: RunConfig) -> list[tuple[CellKey, Attack]]:
+    """Every (model, attack, eps, direction) cell with its attack built (params validated)."""
+    cells = []
+    eps_values: tuple[float | None, ...] = cfg.eps or (None,)
+    for model in cfg.models:
+        for attack_name in cfg.attacks:
+            for eps in eps_values:
+                for direction in cfg.directions:
+                    attack = make_attack(cfg, attack_name, eps, direction)
+                    key = CellKey(model, cfg.dataset, attack.info.name, attack.eps, direction)
+                    cells.append((key, attack))
+    return cells
+
+
+def attack_record(attack: Attack) -> dict[str, Any]:
+    info = attack.info
+    return attack.config() | {
+        "family": info.family,
+        "gradient_free": info.gradient_free,
+        "trainable": info.trainable,
+        "reference": info.reference,
+    }
+
+
+def config_hash(cfg: RunConfig, attack: Attack) -> str:
+    """Identity of a cell's computation: same hash = same numbers (so resume may skip it)."""
+    record = {
+        "attack": attack_record(attack),
+        "split": cfg.split,
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "data_root": cfg.data_root,
+    }
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# -- per-image measurements ------------------------------------------------------------------
+
+
+def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
+    """L_inf, L2, PSNR (dB, inf when unchanged) and SSIM of each attacked image vs its clean one."""
+    from pyiqa.archs.ssim_arch import ssim
+
+    delta = (x_adv - x).flatten(1).double()
+    mse = delta.pow(2).mean(dim=1)
+    with torch.inference_mode():
+        s = ssim(x_adv.float(), x.float(), test_y_channel=True, downsample=False)
+    psnr = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
+    return {
+        "linf": delta.abs().amax(dim=1).cpu().numpy(),
+        "l2": delta.norm(dim=1).cpu().numpy(),
+        "psnr": psnr.cpu().numpy(),
+        "ssim": s.reshape(-1).double().cpu().numpy(),
+    }
+
+
+def check_gradient(model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> tuple[bool, str]:
+    """Whether the quality score has a usable input gradient on this batch, and why not."""
+    x = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            q = model.quality(x, ref)
+            if not q.requires_grad:
+                return False, "the score has no grad_fn (not differentiable w.r.t. the input)"
+            (grad,) = torch.autograd.grad(q.sum(), x, allow_unused=True)
+    except RuntimeError as exc:
+        return False, f"backward failed: {str(exc).splitlines()[0][:160]}"
+    if grad is None:
+        return False, "the score does not depend on the input through autograd"
+    if not torch.isfinite(grad).all():
+        return False, "the input gradient is not finite"
+    if not grad.abs().amax() > 0:
+        return False, "the input gradient is exactly zero everywhere"
+    return True, ""
+
+
+# -- one (model, dataset) group -------------------------------------------------------------
+
+
+@dataclass
+class GroupContext:
+    """A model and its dataset, with the clean scores computed once and shared by its cells."""
+
+    model: IQAModel
+    dataset: IQADataset
+    cfg: RunConfig
+    gradient_ok: bool | None = None
+    gradient_reason: str = ""
+    clean: dict[str, float] = field(default_factory=dict)
+
+    def batches(self) -> Iterator[Batch]:
+        device = torch.device(self.cfg.device)
+        for b in self.dataset.batches(self.cfg.batch_size, self.cfg.limit):
+            b.images = b.images.to(device)
+            if b.refs is not None:
+                b.refs = b.refs.to(device)
+            yield b
+
+    def refs_for(self, batch: Batch) -> torch.Tensor | None:
+        if self.model.info.kind != "FR":
+            return None
+        if batch.refs is None:
+            raise ConfigError(
+                f"{self.model.name} is full-reference and dataset {self.dataset.name!r} has no reference images"
+            )
+        return batch.refs
+
+    def clean_scores(self, batch: Batch, ref: torch.Tensor | None) -> np.ndarray:
+        missing = [i for i in batch.ids if i not in self.clean]
+        if missing:
+            if self.gradient_ok is None:
+                self.gradient_ok, self.gradient_reason = check_gradient(self.model, batch.images, ref)
+                if not self.gradient_ok:
+                    log.warning("%s: gradient none (%s); gradient attacks are not applicable", self.model.name, self.gradient_reason)
+            with torch.inference_mode():
+                s = self.model.score(batch.images, ref).double().cpu().numpy()
+            self.clean.update(zip(batch.ids, s, strict=True))
+        return np.array([self.clean[i] for i in batch.ids], dtype=np.float64)
+
+
+def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = True) -> CellResult:
+    """Attack every image of the dataset for one cell; failures become a `failed` cell."""
+    t_start = time.perf_counter()
+    rows: dict[str, list[Any]] = {k: [] for k in ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")}
+    status, reason = "done", ""
+    try:
+        if attack.info.trainable:
+            fit_attack(ctx, attack)
+        batches = ctx.batches()
+        for batch in tqdm(batches, desc=f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}", unit="batch", leave=False, disable=not progress):
+            ref = ctx.refs_for(batch)
+            clean = ctx.clean_scores(batch, ref)
+            n = len(batch.ids)
+            rows["image_id"] += batch.ids
+            rows["mos"].append(batch.mos.numpy())
+            rows["clean"].append(clean)
+            if not ctx.gradient_ok and not attack.info.gradient_free:
+                status = "not_applicable"
+                reason = f"gradient attack on a model without input gradient ({ctx.gradient_reason})"
+                for k in ("attacked", "linf", "l2", "psnr", "ssim", "seconds"):
+                    rows[k].append(np.full(n, np.nan))
+                continue
+            t0 = time.perf_counter()
+            x_adv = attack.perturb(ctx.model, batch.images, ref)
+            with torch.inference_mode():
+                attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
+            seconds = (time.perf_counter() - t0) / n
+            stats = perturbation_stats(batch.images, x_adv)
+            rows["attacked"].append(attacked)
+            for k, v in stats.items():
+                rows[k].append(v)
+            rows["seconds"].append(np.full(n, seconds))
+        if not rows["image_id"]:
+            raise ConfigError(f"dataset {ctx.dataset.name!r} gave no readable image")
+        clean_all = np.concatenate(rows["clean"])
+        if not np.isfinite(clean_all).any():
+            raise BenchmarkError(f"{key.model} returned no finite clean score (NaN or inf on every image)")
+    except Exception as exc:  # one bad cell (a plugin that raises, NaN model) must not end the run
+        log.error("cell %s failed: %s", key, exc, exc_info=not isinstance(exc, BenchmarkError))
+        status, reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+    n = len(rows["image_id"])
+    arrays = {k: _concat(v, n) for k, v in rows.items() if k != "image_id"}
+    if status == "failed":
+        for k in ("attacked", "linf", "l2", "psnr", "ssim", "seconds"):
+            arrays[k] = np.full(n, np.nan)
+    if status == "done" and not np.isfinite(arrays["attacked"]).all():
+        bad = int((~np.isfinite(arrays["attacked"])).sum())
+        log.warning("%s: %d attacked score(s) are not finite", key, bad)
+    info = ctx.model.info.to_dict() | {"gradient_reason": ctx.gradient_reason}
+    return CellResult(
+        key=key,
+        status=status,  # type: ignore[arg-type]
+        image_id=np.array(rows["image_id"], dtype=object),
+        model_info=info,
+        attack_config=attack_record(attack),
+        gradient="ok" if ctx.gradient_ok or ctx.gradient_ok is None else "none",
+        reason=reason,
+        meta=run_meta(ctx.cfg.device, ctx.cfg.seed) | {
+            "wall_s": time.perf_counter() - t_start,
+            "split": ctx.dataset.info.split,
+            "limit": ctx.cfg.limit,
+            "batch_size": ctx.cfg.batch_size,
+            "skipped_images": dict(ctx.dataset.skipped),
+        },
+        **arrays,
+    )
+
+
+def _concat(parts: list[Any], n: int) -> np.ndarray:
+    if not parts:
+        return np.full(n, np.nan)
+    out = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+    return out if out.shape == (n,) else np.full(n, np.nan)
+
+
+def fit_attack(ctx: GroupContext, attack: Attack) -> None:
+    """Trainable attacks learn on the dataset's train split (artifacts cached on disk)."""
+    train = create_dataset(ctx.cfg.dataset, "train", ctx.cfg.data_root)
+    device = torch.device(ctx.cfg.device)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for b in train.batches(ctx.cfg.batch_size):
+            ref = b.refs.to(device) if (b.refs is not None and ctx.model.info.kind == "FR") else None
+            yield b.images.to(device), ref
+
+    attack.fit(ctx.model, batches(), cache_dir() / "artifacts")
+
+
+# -- executors -------------------------------------------------------------------------------
+
+CellSink = Callable[[CellResult, str], None]
+
+
+def run_group(
+    cfg: RunConfig, model_name: str, cells: list[tuple[CellKey, Attack]], sink: CellSink, progress: bool = True
+) -> None:
+    """Build one model and its dataset, then run and hand over each of its cells."""
+    model = create_model(model_name, cfg.device)
+    dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
+    ctx = GroupContext(model, dataset, cfg)
+    for key, attack in cells:
+        sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
+
+
+def run(cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool = False) -> RunReport:
+    """Run every cell of `cfg` not yet stored with the same config; store each when done."""
+    report = RunReport()
+    t0 = time.perf_counter()
+    cells = plan_cells(cfg)
+    with store.writer():
+        stored = store.cell_index()
+        todo: dict[str, list[tuple[CellKey, Attack]]] = {}
+        for key, attack in cells:
+            have = stored.get(key)
+            if not force and have and have["status"] != "failed" and have["config_hash"] == config_hash(cfg, attack):
+                report.skipped.append(key)
+                continue
+            if have and have["status"] != "failed":
+                log.info("recomputing %s: its stored config differs", key)
+            todo.setdefault(key.model, []).append((key, attack))
+        if report.skipped:
+            log.info("%d cell(s) already stored in %s: skipped", len(report.skipped), store.path)
+
+        def sink(cell: CellResult, chash: str) -> None:
+            store.write_cell(cell, chash)
+            if cell.status == "failed":
+                report.failed.append((cell.key, cell.reason))
+            report.computed.append(cell.key)
+
+        for model_name, group in tqdm(list(todo.items()), desc="models", unit="model", disable=not progress):
+            try:
+                run_group(cfg, model_name, group, sink, progress)
+            except ModelUnavailable as exc:
+                log.error("skipping %s: %s", model_name, exc)
+                report.unavailable[model_name] = str(exc)
+    report.wall_s = time.perf_counter() - t0
+    return report
+
+
+def config_record(cfg: RunConfig) -> dict[str, Any]:
+    return asdict(cfg)
+
+
+def resolve_attacks(spec: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    if not names:
+        raise ConfigError("--attacks is empty")
+    return names
+
+
+def iter_existing(paths: Iterable[str]) -> list[Path]:
+    return [Path(p) for p in paths]
