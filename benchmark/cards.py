@@ -45,7 +45,9 @@ def check_fields(data: Mapping[str, Any], spec: FieldSpec, where: str) -> dict[s
     """Validate keys and types of one card table; bool is not accepted where a number is."""
     unknown = sorted(set(data) - set(spec))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(spec))}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(spec))}"
+        )
     out: dict[str, Any] = {}
     for key, (types, required) in spec.items():
         if key not in data:
@@ -56,7 +58,9 @@ def check_fields(data: Mapping[str, Any], spec: FieldSpec, where: str) -> dict[s
         is_bool = isinstance(value, bool)
         if (is_bool and bool not in types) or not isinstance(value, types):
             names = "/".join(t.__name__ for t in types)
-            raise ConfigError(f"{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}")
+            raise ConfigError(
+                f"{where}: key {key!r} must be {names}, got {type(value).__name__} {value!r}"
+            )
         out[key] = value
     return out
 

@@ -21,29 +21,71 @@ DEFAULT_RESULTS = Path("results") / "benchmark.h5"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging"
+    )
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars, warnings only",
+    )
+    p = argparse.ArgumentParser(
+        prog="python -m benchmark", description=__doc__.splitlines()[0], parents=[common]
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add = sub.add_parser
+    sub.add_parser = lambda *a, **k: _add(*a, parents=[common], **k)  # type: ignore[method-assign]
 
     r = sub.add_parser("run", help="attack models on a dataset and store the results")
-    r.add_argument("--models", required=True, help="comma list of names, 'all' (every usable model), 'all-nr', 'all-fr', or file.py:Class")
-    r.add_argument("--attacks", required=True, help="comma list of attack presets (see `list attacks`)")
-    r.add_argument("--dataset", default="builtin", help="dataset card name or folder:PATH (default: builtin)")
+    r.add_argument(
+        "--models",
+        required=True,
+        help="comma list of names, 'all' (every usable model), 'all-nr', 'all-fr', or file.py:Class",
+    )
+    r.add_argument(
+        "--attacks", required=True, help="comma list of attack presets (see `list attacks`)"
+    )
+    r.add_argument(
+        "--dataset", default="builtin", help="dataset card name or folder:PATH (default: builtin)"
+    )
     r.add_argument("--split", default=None, help="dataset split (default: test where there is one)")
     r.add_argument("--data-root", default=None, help="where the dataset lives (overrides the card)")
-    r.add_argument("--eps", default=None, help="comma list of L_inf budgets like 4/255,8/255 (default: each card's)")
-    r.add_argument("--direction", default="up", choices=["up", "down", "both"], help="inflate (up) or deflate (down) the quality")
+    r.add_argument(
+        "--eps",
+        default=None,
+        help="comma list of L_inf budgets like 4/255,8/255 (default: each card's)",
+    )
+    r.add_argument(
+        "--direction",
+        default="up",
+        choices=["up", "down", "both"],
+        help="inflate (up) or deflate (down) the quality",
+    )
     r.add_argument("--limit", type=int, default=None, help="attack only the first N images")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     r.add_argument("--batch-size", type=int, default=16)
-    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override an attack parameter (repeatable)")
-    r.add_argument("--out", default=str(DEFAULT_RESULTS), help=f"results file (default {DEFAULT_RESULTS})")
-    r.add_argument("--html", default=None, help="leaderboard file (default: leaderboard.html beside --out)")
+    r.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override an attack parameter (repeatable)",
+    )
+    r.add_argument(
+        "--out", default=str(DEFAULT_RESULTS), help=f"results file (default {DEFAULT_RESULTS})"
+    )
+    r.add_argument(
+        "--html", default=None, help="leaderboard file (default: leaderboard.html beside --out)"
+    )
     r.add_argument("--force", action="store_true", help="recompute cells even when stored")
 
-    ls = sub.add_parser("list", help="list models, attacks or datasets and whether they are usable here")
+    ls = sub.add_parser(
+        "list", help="list models, attacks or datasets and whether they are usable here"
+    )
     ls.add_argument("what", choices=["models", "attacks", "datasets"])
     ls.add_argument("--usable", action="store_true", help="only entries usable here")
 
@@ -60,13 +102,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("pyiqa", "matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.verbose, args.quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     _setup_logging(args.verbose, args.quiet)
     try:
         return COMMANDS[args.command](args)
@@ -74,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished cells are stored; run the same command again to resume", file=sys.stderr)
+        print(
+            "interrupted: finished cells are stored; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
 
 
@@ -98,7 +146,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     models = tuple(resolve_model_names(args.models))
     if not models:
-        raise ConfigError("no usable model matches --models (see `python -m benchmark list models`)")
+        raise ConfigError(
+            "no usable model matches --models (see `python -m benchmark list models`)"
+        )
     cfg = RunConfig(
         models=models,
         attacks=resolve_attacks(args.attacks),
@@ -139,14 +189,30 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         header = ("name", "source", "kind", "lower_better", "usable", "why")
         rows = [
-            (s.name, s.source, s.kind, str(s.lower_better).lower(), "yes" if s.usable else "no", s.reason)
+            (
+                s.name,
+                s.source,
+                s.kind,
+                str(s.lower_better).lower(),
+                "yes" if s.usable else "no",
+                s.reason,
+            )
             for s in list_models()
             if s.usable or not args.usable
         ]
     elif args.what == "attacks":
         from benchmark.attacks.registry import list_attacks
 
-        header = ("name", "family", "norm", "eps", "gradient_free", "trainable", "usable", "description")
+        header = (
+            "name",
+            "family",
+            "norm",
+            "eps",
+            "gradient_free",
+            "trainable",
+            "usable",
+            "description",
+        )
         rows = []
         for card in list_attacks():
             problem = card.problem()
@@ -173,7 +239,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 s.name,
                 s.info.layout,
                 ",".join(s.splits) or "all",
-                "-" if s.info.mos_range is None else f"{s.info.mos_range[0]:g}-{s.info.mos_range[1]:g}",
+                "-"
+                if s.info.mos_range is None
+                else f"{s.info.mos_range[0]:g}-{s.info.mos_range[1]:g}",
                 "yes" if s.usable else "no",
                 s.reason,
             )
@@ -185,7 +253,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def _format_rows(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     widths[-1] = len(header[-1])  # the last column is free text: no padding
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

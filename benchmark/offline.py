@@ -43,7 +43,9 @@ def no_downloads() -> Iterator[None]:
     import torch.hub
 
     saved_env = {k: os.environ.get(k) for k in _HUB_ENV}
-    patched: list[tuple[object, str, object]] = [(torch.hub, "download_url_to_file", torch.hub.download_url_to_file)]
+    patched: list[tuple[object, str, object]] = [
+        (torch.hub, "download_url_to_file", torch.hub.download_url_to_file)
+    ]
     try:
         import pyiqa.utils.download_util as pyiqa_dl
 

@@ -14,12 +14,21 @@ import torch
 from benchmark import __version__
 from benchmark.cards import REPO_ROOT
 
-PACKAGES = ("torch", "torchvision", "pyiqa", "torchattacks", "numpy", "scipy", "h5py", "safetensors")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "pyiqa",
+    "torchattacks",
+    "numpy",
+    "scipy",
+    "h5py",
+    "safetensors",
+)
 
 
 @functools.cache
 def package_versions() -> dict[str, str]:
-    out = {"benchmark": __version__}
+    out = {"benchmark": __version__, "torch_build": torch.__version__}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
@@ -34,7 +43,11 @@ def git_revision() -> str:
     outside a git checkout (an installed wheel)."""
     try:
         rev = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],

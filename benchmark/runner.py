@@ -14,9 +14,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,13 +128,15 @@ def config_hash(cfg: RunConfig, attack: Attack) -> str:
 
 def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
     """L_inf, L2, PSNR (dB, inf when unchanged) and SSIM of each attacked image vs its clean one."""
-    from pyiqa.archs.ssim_arch import ssim
+    from pyiqa.archs.ssim_arch import ssim, to_y_channel
 
     delta = (x_adv - x).flatten(1).double()
     mse = delta.pow(2).mean(dim=1)
     with torch.inference_mode():
-        s = ssim(x_adv.float(), x.float(), test_y_channel=True, downsample=False)
-    psnr = torch.where(mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, math.inf))
+        s = ssim(to_y_channel(x_adv.float(), 1.0), to_y_channel(x.float(), 1.0), downsample=False)
+    psnr = torch.where(
+        mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, math.inf)
+    )
     return {
         "linf": delta.abs().amax(dim=1).cpu().numpy(),
         "l2": delta.norm(dim=1).cpu().numpy(),
@@ -199,9 +200,15 @@ class GroupContext:
         missing = [i for i in batch.ids if i not in self.clean]
         if missing:
             if self.gradient_ok is None:
-                self.gradient_ok, self.gradient_reason = check_gradient(self.model, batch.images, ref)
+                self.gradient_ok, self.gradient_reason = check_gradient(
+                    self.model, batch.images, ref
+                )
                 if not self.gradient_ok:
-                    log.warning("%s: gradient none (%s); gradient attacks are not applicable", self.model.name, self.gradient_reason)
+                    log.warning(
+                        "%s: gradient none (%s); gradient attacks are not applicable",
+                        self.model.name,
+                        self.gradient_reason,
+                    )
             with torch.inference_mode():
                 s = self.model.score(batch.images, ref).double().cpu().numpy()
             self.clean.update(zip(batch.ids, s, strict=True))
@@ -211,13 +218,22 @@ class GroupContext:
 def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = True) -> CellResult:
     """Attack every image of the dataset for one cell; failures become a `failed` cell."""
     t_start = time.perf_counter()
-    rows: dict[str, list[Any]] = {k: [] for k in ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")}
+    rows: dict[str, list[Any]] = {
+        k: []
+        for k in ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
+    }
     status, reason = "done", ""
     try:
         if attack.info.trainable:
             fit_attack(ctx, attack)
         batches = ctx.batches()
-        for batch in tqdm(batches, desc=f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}", unit="batch", leave=False, disable=not progress):
+        for batch in tqdm(
+            batches,
+            desc=f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        ):
             ref = ctx.refs_for(batch)
             clean = ctx.clean_scores(batch, ref)
             n = len(batch.ids)
@@ -226,7 +242,9 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             rows["clean"].append(clean)
             if not ctx.gradient_ok and not attack.info.gradient_free:
                 status = "not_applicable"
-                reason = f"gradient attack on a model without input gradient ({ctx.gradient_reason})"
+                reason = (
+                    f"gradient attack on a model without input gradient ({ctx.gradient_reason})"
+                )
                 for k in ("attacked", "linf", "l2", "psnr", "ssim", "seconds"):
                     rows[k].append(np.full(n, np.nan))
                 continue
@@ -244,10 +262,15 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             raise ConfigError(f"dataset {ctx.dataset.name!r} gave no readable image")
         clean_all = np.concatenate(rows["clean"])
         if not np.isfinite(clean_all).any():
-            raise BenchmarkError(f"{key.model} returned no finite clean score (NaN or inf on every image)")
+            raise BenchmarkError(
+                f"{key.model} returned no finite clean score (NaN or inf on every image)"
+            )
     except Exception as exc:  # one bad cell (a plugin that raises, NaN model) must not end the run
         log.error("cell %s failed: %s", key, exc, exc_info=not isinstance(exc, BenchmarkError))
-        status, reason = "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
+        status, reason = (
+            "failed",
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500],
+        )
     n = len(rows["image_id"])
     arrays = {k: _concat(v, n) for k, v in rows.items() if k != "image_id"}
     if status == "failed":
@@ -265,7 +288,8 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
         attack_config=attack_record(attack),
         gradient="ok" if ctx.gradient_ok or ctx.gradient_ok is None else "none",
         reason=reason,
-        meta=run_meta(ctx.cfg.device, ctx.cfg.seed) | {
+        meta=run_meta(ctx.cfg.device, ctx.cfg.seed)
+        | {
             "wall_s": time.perf_counter() - t_start,
             "split": ctx.dataset.info.split,
             "limit": ctx.cfg.limit,
@@ -290,7 +314,9 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         for b in train.batches(ctx.cfg.batch_size):
-            ref = b.refs.to(device) if (b.refs is not None and ctx.model.info.kind == "FR") else None
+            ref = (
+                b.refs.to(device) if (b.refs is not None and ctx.model.info.kind == "FR") else None
+            )
             yield b.images.to(device), ref
 
     attack.fit(ctx.model, batches(), cache_dir() / "artifacts")
@@ -302,27 +328,41 @@ CellSink = Callable[[CellResult, str], None]
 
 
 def run_group(
-    cfg: RunConfig, model_name: str, cells: list[tuple[CellKey, Attack]], sink: CellSink, progress: bool = True
+    cfg: RunConfig,
+    model_name: str,
+    cells: list[tuple[CellKey, Attack]],
+    sink: CellSink,
+    progress: bool = True,
+    dataset: IQADataset | None = None,
 ) -> None:
-    """Build one model and its dataset, then run and hand over each of its cells."""
+    """Build one model (and the dataset unless given), then run and hand over each of its cells."""
     model = create_model(model_name, cfg.device)
-    dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
+    if dataset is None:
+        dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
     ctx = GroupContext(model, dataset, cfg)
     for key, attack in cells:
         sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
 
 
-def run(cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool = False) -> RunReport:
+def run(
+    cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool = False
+) -> RunReport:
     """Run every cell of `cfg` not yet stored with the same config; store each when done."""
     report = RunReport()
     t0 = time.perf_counter()
     cells = plan_cells(cfg)
+    dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)  # fail fast on bad data
     with store.writer():
         stored = store.cell_index()
         todo: dict[str, list[tuple[CellKey, Attack]]] = {}
         for key, attack in cells:
             have = stored.get(key)
-            if not force and have and have["status"] != "failed" and have["config_hash"] == config_hash(cfg, attack):
+            if (
+                not force
+                and have
+                and have["status"] != "failed"
+                and have["config_hash"] == config_hash(cfg, attack)
+            ):
                 report.skipped.append(key)
                 continue
             if have and have["status"] != "failed":
@@ -337,9 +377,11 @@ def run(cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool =
                 report.failed.append((cell.key, cell.reason))
             report.computed.append(cell.key)
 
-        for model_name, group in tqdm(list(todo.items()), desc="models", unit="model", disable=not progress):
+        for model_name, group in tqdm(
+            list(todo.items()), desc="models", unit="model", disable=not progress
+        ):
             try:
-                run_group(cfg, model_name, group, sink, progress)
+                run_group(cfg, model_name, group, sink, progress, dataset)
             except ModelUnavailable as exc:
                 log.error("skipping %s: %s", model_name, exc)
                 report.unavailable[model_name] = str(exc)
@@ -347,16 +389,8 @@ def run(cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool =
     return report
 
 
-def config_record(cfg: RunConfig) -> dict[str, Any]:
-    return asdict(cfg)
-
-
 def resolve_attacks(spec: str) -> tuple[str, ...]:
     names = tuple(s.strip() for s in spec.split(",") if s.strip())
     if not names:
         raise ConfigError("--attacks is empty")
     return names
-
-
-def iter_existing(paths: Iterable[str]) -> list[Path]:
-    return [Path(p) for p in paths]

@@ -155,7 +155,11 @@ class ResultStore:
                     if old is not None and "cells" in old:
                         for group in _cell_groups(old["cells"]):
                             if group.name.lstrip("/") != target:
-                                old.copy(group, out.require_group(group.parent.name), group.name.rsplit("/", 1)[-1])
+                                old.copy(
+                                    group,
+                                    out.require_group(group.parent.name),
+                                    group.name.rsplit("/", 1)[-1],
+                                )
                 _write_cell(out.create_group(target), cell, config_hash)
                 out.flush()
             with open(tmp, "rb") as fh:
@@ -200,7 +204,9 @@ def _check_lengths(cell: CellResult) -> None:
     n = len(cell)
     for name in PER_IMAGE_FIELDS:
         if np.asarray(getattr(cell, name)).shape != (n,):
-            raise StoreError(f"cell {cell.key}: {name} has shape {np.shape(getattr(cell, name))}, expected ({n},)")
+            raise StoreError(
+                f"cell {cell.key}: {name} has shape {np.shape(getattr(cell, name))}, expected ({n},)"
+            )
 
 
 def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
@@ -209,7 +215,13 @@ def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
         group.create_dataset(name, data=np.asarray(getattr(cell, name), dtype=np.float64))
     key = cell.key
     group.attrs["key"] = _json(
-        {"model": key.model, "dataset": key.dataset, "attack": key.attack, "eps": key.eps, "direction": key.direction}
+        {
+            "model": key.model,
+            "dataset": key.dataset,
+            "attack": key.attack,
+            "eps": key.eps,
+            "direction": key.direction,
+        }
     )
     group.attrs["status"] = cell.status
     group.attrs["gradient"] = cell.gradient
@@ -223,7 +235,9 @@ def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
 def _read_cell(group: h5py.Group) -> CellResult:
     try:
         arrays = {name: group[name][()] for name in PER_IMAGE_FIELDS}
-        ids = np.array([s.decode() if isinstance(s, bytes) else s for s in group["image_id"][()]], dtype=object)
+        ids = np.array(
+            [s.decode() if isinstance(s, bytes) else s for s in group["image_id"][()]], dtype=object
+        )
         return CellResult(
             key=_key_from_attrs(group),
             status=str(group.attrs["status"]),  # type: ignore[arg-type]

@@ -78,11 +78,9 @@ class IQADataset(ABC):
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """Consecutive samples of equal shape, at most `batch_size` per batch."""
         buf: list[Sample] = []
-        n = 0
-        for sample in self:
+        for n, sample in enumerate(self):
             if limit is not None and n >= limit:
                 break
-            n += 1
             if buf and (buf[0].image.shape != sample.image.shape or len(buf) >= batch_size):
                 yield collate(buf)
                 buf = []
@@ -97,6 +95,8 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(
         ids=[s.image_id for s in samples],
         images=torch.stack([s.image for s in samples]),
-        mos=torch.tensor([float("nan") if s.mos is None else s.mos for s in samples], dtype=torch.float64),
+        mos=torch.tensor(
+            [float("nan") if s.mos is None else s.mos for s in samples], dtype=torch.float64
+        ),
         refs=torch.stack(refs) if has_refs else None,  # type: ignore[arg-type]
     )

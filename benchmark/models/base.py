@@ -69,7 +69,9 @@ class IQAModel(nn.Module):
 
     def score(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ConfigError(f"model {self.name!r}: expected images of shape (N,3,H,W), got {tuple(x.shape)}")
+            raise ConfigError(
+                f"model {self.name!r}: expected images of shape (N,3,H,W), got {tuple(x.shape)}"
+            )
         if self.info.kind == "FR" and ref is None:
             raise ConfigError(f"model {self.name!r} is full-reference and needs a reference image")
         out = self._call(x, ref)

@@ -86,7 +86,9 @@ def create_pyiqa_model(name: str, device: str | torch.device = "cpu") -> IQAMode
                 name, as_loss=True, loss_reduction="none", device=torch.device(device)
             )
     except Exception as exc:  # any constructor failure is "unavailable here", with the reason
-        raise ModelUnavailable(f"pyiqa model {name!r} is unavailable: {explain_load_failure(exc)}") from exc
+        raise ModelUnavailable(
+            f"pyiqa model {name!r} is unavailable: {explain_load_failure(exc)}"
+        ) from exc
     metric.eval()
     for p in metric.parameters():
         p.requires_grad_(False)
@@ -128,7 +130,9 @@ def _probe(name: str) -> Availability:
 
     try:
         with no_downloads():
-            pyiqa.create_metric(name, as_loss=True, loss_reduction="none", device=torch.device("cpu"))
+            pyiqa.create_metric(
+                name, as_loss=True, loss_reduction="none", device=torch.device("cpu")
+            )
     except Exception as exc:
         return Availability(False, explain_load_failure(exc))
     return Availability(True, "weights present" if _needs_weights(name) else "no weights needed")
@@ -140,7 +144,22 @@ def _needs_weights(name: str) -> bool:
 
 # Metrics computed by formula, with no learned weights (they run offline anywhere).
 CLASSICAL_METRICS = frozenset(
-    {"psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "gmsd", "vif", "vsi", "nlpd", "mad", "piqe", "entropy"}
+    {
+        "psnr",
+        "psnry",
+        "ssim",
+        "ssimc",
+        "ms_ssim",
+        "cw_ssim",
+        "fsim",
+        "gmsd",
+        "vif",
+        "vsi",
+        "nlpd",
+        "mad",
+        "piqe",
+        "entropy",
+    }
 )
 
 
@@ -169,6 +188,8 @@ def pyiqa_availability(cache_dir: Path) -> dict[str, Availability]:
             lg.setLevel(level)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"key": key, "models": {k: vars(v) for k, v in result.items()}}, indent=1))
+    tmp.write_text(
+        json.dumps({"key": key, "models": {k: vars(v) for k, v in result.items()}}, indent=1)
+    )
     tmp.replace(cache_file)
     return result

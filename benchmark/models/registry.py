@@ -64,7 +64,9 @@ def create_model(name: str, device: str | torch.device = "cpu") -> IQAModel:
     else:
         entry = model_registry().get(name)
         obj = entry.load()
-        model = obj(device=device) if entry.meta.get("source") != "plugin" else wrap_plugin(obj, name)
+        model = (
+            obj(device=device) if entry.meta.get("source") != "plugin" else wrap_plugin(obj, name)
+        )
     return model.to(device)
 
 
@@ -123,12 +125,21 @@ def list_models(check: bool = True) -> list[ModelStatus]:
         else:
             usable, reason = True, f"entry point {entry.target}"
         out.append(
-            ModelStatus(entry.name, source, meta.get("kind", "?"), meta.get("lower_better"), bool(usable), reason)
+            ModelStatus(
+                entry.name,
+                source,
+                meta.get("kind", "?"),
+                meta.get("lower_better"),
+                bool(usable),
+                reason,
+            )
         )
     return out
 
 
-def resolve_model_names(spec: str, *, usable_only: Callable[[], list[ModelStatus]] = list_models) -> list[str]:
+def resolve_model_names(
+    spec: str, *, usable_only: Callable[[], list[ModelStatus]] = list_models
+) -> list[str]:
     """`all` = every model usable here; else a comma-separated list (kept in order)."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if not names:
@@ -146,4 +157,11 @@ def resolve_model_names(spec: str, *, usable_only: Callable[[], list[ModelStatus
     return list(dict.fromkeys(out))
 
 
-__all__ = ["ModelStatus", "create_model", "list_models", "model_registry", "pyiqa_info", "resolve_model_names"]
+__all__ = [
+    "ModelStatus",
+    "create_model",
+    "list_models",
+    "model_registry",
+    "pyiqa_info",
+    "resolve_model_names",
+]

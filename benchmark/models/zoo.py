@@ -40,7 +40,9 @@ CARD_FIELDS = {
 def read_model_card(path: Path) -> dict[str, Any]:
     card = check_fields(read_toml(path), CARD_FIELDS, str(path))
     if card["source"] not in ZOO_SOURCES:
-        raise ConfigError(f"{path}: source must be one of {', '.join(ZOO_SOURCES)}, got {card['source']!r}")
+        raise ConfigError(
+            f"{path}: source must be one of {', '.join(ZOO_SOURCES)}, got {card['source']!r}"
+        )
     if card["kind"] not in ("NR", "FR"):
         raise ConfigError(f"{path}: kind must be 'NR' or 'FR', got {card['kind']!r}")
     sr = card.get("score_range")
@@ -104,7 +106,10 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
             parts.append(f"unexpected {unexpected[:3]}")
         if wrong:
             parts.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3])
+                "shape mismatch "
+                + ", ".join(
+                    f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3]
+                )
             )
         raise CheckpointError(f"{path} does not match its architecture: {'; '.join(parts)}")
     module.load_state_dict(state, strict=True)

@@ -1,0 +1,189 @@
+"""End to end through the CLI: run, resume, leaderboard, bad input; and the gradient check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.cli import main
+from benchmark.models.base import IQAModel, ModelInfo
+from benchmark.runner import check_gradient
+from benchmark.store import ResultStore
+
+
+def make_kadid(root: Path, n_refs: int = 3, size: tuple[int, int] = (48, 40)) -> Path:
+    """A KADID-10k layout (dmos.csv + images/) with textured images and noisy distortions."""
+    rng = np.random.default_rng(0)
+    lines = ["dist_img,ref_img,dmos,var"]
+    (root / "images").mkdir(parents=True)
+    for r in range(1, n_refs + 1):
+        ref = rng.uniform(40, 215, (size[1], size[0], 3))
+        Image.fromarray(ref.astype(np.uint8)).save(root / "images" / f"I{r:02d}.png")
+        for d in (1, 2):
+            noisy = np.clip(ref + rng.normal(0, 12 * d, ref.shape), 0, 255)
+            name = f"I{r:02d}_{d:02d}_01.png"
+            Image.fromarray(noisy.astype(np.uint8)).save(root / "images" / name)
+            lines.append(f"{name},I{r:02d}.png,{5 - 1.5 * d + 0.1 * r:.2f},0.4")
+    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+PLUGINS = '''
+import torch
+
+class NaNModel(torch.nn.Module):
+    """Returns NaN for every image."""
+    def forward(self, x):
+        return x.mean(dim=(1, 2, 3)) * float("nan")
+
+class Exploding(torch.nn.Module):
+    """Raises on every call."""
+    def forward(self, x):
+        raise RuntimeError("boom")
+'''
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> dict[str, str]:
+    data = make_kadid(tmp_path / "kadid")
+    plugin = tmp_path / "plugins.py"
+    plugin.write_text(PLUGINS)
+    return {
+        "data": str(data),
+        "plugin": str(plugin),
+        "out": str(tmp_path / "res" / "r.h5"),
+        "html": str(tmp_path / "res" / "lb.html"),
+    }
+
+
+def run_args(s: dict[str, str], models: str, *extra: str) -> list[str]:
+    return [
+        "-q",
+        "run",
+        "--models",
+        models,
+        "--attacks",
+        "ifgsm",
+        "--dataset",
+        "kadid10k",
+        "--data-root",
+        s["data"],
+        "--split",
+        "all",
+        "--param",
+        "steps=3",
+        "--out",
+        s["out"],
+        "--html",
+        s["html"],
+        *extra,
+    ]
+
+
+def test_run_stores_cells_resumes_and_renders(setup, capsys):
+    assert main(run_args(setup, "ssim,piqe")) == 0
+    out = capsys.readouterr().out
+    assert "2 cell(s) computed" in out
+    cells = {c.key.model: c for c in ResultStore(setup["out"]).read_cells()}
+    ssim, piqe = cells["ssim"], cells["piqe"]
+    assert ssim.status == "done" and ssim.gradient == "ok" and len(ssim) == 6
+    assert (ssim.attacked > ssim.clean).mean() > 0.8  # I-FGSM inflates SSIM
+    assert (ssim.linf <= 10 / 255 + 1e-6).all() and (ssim.linf > 0).all()
+    assert np.isfinite(ssim.psnr).all() and (ssim.ssim < 1).all()
+    assert ssim.meta["versions"]["torch_build"] == torch.__version__ and ssim.meta["seed"] == 0
+    assert ssim.attack_config["resolved"]["steps"] == 3
+    # piqe has no usable input gradient: not applicable, never a zero gain
+    assert piqe.status == "not_applicable" and piqe.gradient == "none"
+    assert np.isnan(piqe.attacked).all() and np.isfinite(piqe.clean).all()
+    html = Path(setup["html"]).read_text()
+    assert "ssim" in html and "data:image/png;base64" in html
+
+    before = {k: c.attacked.copy() for k, c in cells.items()}
+    assert main(run_args(setup, "ssim,piqe")) == 0
+    out = capsys.readouterr().out
+    assert "0 cell(s) computed, 2 already stored (nothing recomputed)" in out
+    after = {c.key.model: c for c in ResultStore(setup["out"]).read_cells()}
+    for k, arr in before.items():
+        np.testing.assert_array_equal(after[k].attacked, arr)
+
+    # a changed attack config is recomputed, not served from the store
+    args = run_args(setup, "ssim")
+    args[args.index("steps=3")] = "steps=2"
+    assert main(args) == 0
+    assert "1 cell(s) computed" in capsys.readouterr().out
+    cells = {c.key.model: c for c in ResultStore(setup["out"]).read_cells()}
+    assert cells["ssim"].attack_config["resolved"]["steps"] == 2 and len(cells) == 2
+
+    # the leaderboard re-renders from the stored file alone
+    other = str(Path(setup["html"]).with_name("again.html"))
+    assert main(["leaderboard", setup["out"], "-o", other, "--bootstrap", "50"]) == 0
+    assert "ssim" in Path(other).read_text()
+
+
+def test_bad_models_fail_per_cell_and_the_rest_is_kept(setup, capsys):
+    models = f"ssim,{setup['plugin']}:NaNModel,{setup['plugin']}:Exploding"
+    assert main(run_args(setup, models)) == 1  # failures give a non-zero exit
+    captured = capsys.readouterr()
+    cells = {c.key.model.rsplit(":", 1)[-1]: c for c in ResultStore(setup["out"]).read_cells()}
+    assert cells["ssim"].status == "done"
+    assert cells["NaNModel"].status == "failed" and "finite" in cells["NaNModel"].reason
+    assert cells["Exploding"].status == "failed" and "boom" in cells["Exploding"].reason
+    assert "2 failed" in captured.out
+    # failed cells are retried on the next run; done ones are not
+    assert main(run_args(setup, models)) == 1
+    assert "2 cell(s) computed, 1 already stored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["run", "--models", "ssmi", "--attacks", "ifgsm"], 2, "did you mean 'ssim'"),
+        (["run", "--models", "ssim", "--attacks", "ifgsn"], 2, "did you mean 'ifgsm'"),
+        (["run", "--models", "ssim", "--attacks", "ifgsm", "--eps", "2"], 2, "(0, 1]"),
+        (["run", "--models", "ssim", "--attacks", "ifgsm", "--eps", "0"], 2, "(0, 1]"),
+        (["run", "--models", "ssim", "--attacks", "ifgsm", "--dataset", "konik"], 2, "koniq10k"),
+        (["run", "--models", "ssim", "--attacks", "ifgsm", "--limit", "0"], 2, "--limit"),
+        (["run", "--models", "ssim", "--attacks", "ifgsm", "--param", "stepz=3"], 2, "stepz"),
+        (["leaderboard", "/nonexistent/r.h5"], 1, "not found"),
+    ],
+)
+def test_bad_input_is_one_clear_line(argv, code, message, capsys):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert message in err and err.startswith("error:") and "Traceback" not in err
+
+
+def test_missing_dataset_says_where_to_put_it(tmp_path, capsys):
+    argv = ["run", "--models", "ssim", "--attacks", "ifgsm", "--dataset", "tid2013"]
+    argv += ["--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.h5")]
+    assert main(argv) == 1
+    assert "mos_with_names.txt" in capsys.readouterr().err
+
+
+def test_list_commands(capsys):
+    assert main(["list", "attacks"]) == 0
+    out = capsys.readouterr().out
+    assert "ifgsm" in out and "usable" in out
+    assert main(["list", "datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "builtin" in out and "koniq10k" in out
+
+
+def _model(fn) -> IQAModel:
+    return IQAModel(fn, ModelInfo("m", "NR", False, None, "plugin"))
+
+
+def test_gradient_check_catches_masking():
+    x = torch.rand(2, 3, 16, 16)
+    ok, _ = check_gradient(_model(lambda t: (t**2).mean(dim=(1, 2, 3))), x, None)
+    assert ok
+    ok, why = check_gradient(_model(lambda t: t.detach().mean(dim=(1, 2, 3))), x, None)
+    assert not ok and "grad_fn" in why
+    ok, why = check_gradient(_model(lambda t: torch.round(t).mean(dim=(1, 2, 3))), x, None)
+    assert not ok and "zero" in why
+    ok, why = check_gradient(_model(lambda t: t.sqrt().mean(dim=(1, 2, 3))), x * 0, None)
+    assert not ok and "not finite" in why
