@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import torch
 
-from benchmark.attacks.utils import frozen_eval, seeded_rng
+from benchmark.attacks.utils import finite_grad, frozen_eval, seeded_rng
 from benchmark.errors import ConfigError, DataError
 from benchmark.models.base import IQAModel
 
@@ -62,8 +62,13 @@ class Attack(ABC):
         return 1.0 if self.direction == "up" else -1.0
 
     def objective(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
-        """Per-image value the attack maximises."""
-        return self.sign * model.quality(x, ref)
+        """Per-image value the attack maximises.
+
+        Non-finite input-gradient entries are zeroed on the way back (`finite_grad`): FR
+        metrics have such points (NLPD/MAD at x == ref, where the score is already optimal),
+        and one NaN would otherwise poison the signed step of the whole image.
+        """
+        return self.sign * model.quality(finite_grad(x), ref)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the attack's output (recorded beside each result)."""

@@ -15,6 +15,23 @@ from benchmark.budget import parse_budget
 from benchmark.errors import ConfigError
 
 
+class _FiniteGrad(torch.autograd.Function):
+    """Identity forward; backward replaces NaN and inf gradient entries by 0."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def finite_grad(x: torch.Tensor) -> torch.Tensor:
+    """`x` unchanged, but gradients flowing back into it are made finite."""
+    return _FiniteGrad.apply(x) if x.requires_grad else x
+
+
 @contextlib.contextmanager
 def frozen_eval(model: nn.Module) -> Iterator[None]:
     """Run `model` in eval mode with frozen parameters, then restore every flag exactly.
