@@ -82,6 +82,10 @@ def _parser() -> argparse.ArgumentParser:
         "--html", default=None, help="leaderboard file (default: leaderboard.html beside --out)"
     )
     r.add_argument("--force", action="store_true", help="recompute cells even when stored")
+    r.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run")
+    r.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default: start a local one)"
+    )
 
     ls = sub.add_parser(
         "list", help="list models, attacks or datasets and whether they are usable here"
@@ -165,7 +169,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     log.info("models: %s", ", ".join(models))
     store = ResultStore(args.out)
-    report = run(cfg, store, progress=not args.quiet, force=args.force)
+    report = run(
+        cfg,
+        store,
+        progress=not args.quiet,
+        force=args.force,
+        executor=args.executor,
+        ray_address=args.ray_address,
+    )
     cells = store.read_cells()
     html = Path(args.html) if args.html else store.path.with_name("leaderboard.html")
     tables = build_tables(cells)

@@ -352,9 +352,20 @@ def run_group(
 
 
 def run(
-    cfg: RunConfig, store: ResultStore, progress: bool = True, force: bool = False
+    cfg: RunConfig,
+    store: ResultStore,
+    progress: bool = True,
+    force: bool = False,
+    executor: str = "local",
+    ray_address: str | None = None,
 ) -> RunReport:
-    """Run every cell of `cfg` not yet stored with the same config; store each when done."""
+    """Run every cell of `cfg` not yet stored with the same config; store each when done.
+
+    `executor` "local" runs groups in this process; "ray" runs one Ray task per cell
+    (`benchmark.executors`). Either way only this process writes the store.
+    """
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor must be local or ray, got {executor!r}")
     report = RunReport()
     t0 = time.perf_counter()
     cells = plan_cells(cfg)
@@ -384,14 +395,19 @@ def run(
                 report.failed.append((cell.key, cell.reason))
             report.computed.append(cell.key)
 
-        for model_name, group in tqdm(
-            list(todo.items()), desc="models", unit="model", disable=not progress
-        ):
-            try:
-                run_group(cfg, model_name, group, sink, progress, dataset)
-            except ModelUnavailable as exc:
-                log.error("skipping %s: %s", model_name, exc)
-                report.unavailable[model_name] = str(exc)
+        if executor == "ray":
+            from benchmark.executors import run_ray
+
+            report.unavailable.update(run_ray(cfg, todo, sink, ray_address, progress))
+        else:
+            for model_name, group in tqdm(
+                list(todo.items()), desc="models", unit="model", disable=not progress
+            ):
+                try:
+                    run_group(cfg, model_name, group, sink, progress, dataset)
+                except ModelUnavailable as exc:
+                    log.error("skipping %s: %s", model_name, exc)
+                    report.unavailable[model_name] = str(exc)
     report.wall_s = time.perf_counter() - t0
     return report
 
