@@ -222,66 +222,66 @@ class GroupContext:
         return np.array([self.clean[i] for i in batch.ids], dtype=np.float64)
 
 
+PER_IMAGE_KEYS = ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
+ATTACK_KEYS = ("attacked", "linf", "l2", "psnr", "ssim", "seconds")
+
+
+def _attack_batches(
+    ctx: GroupContext, key: CellKey, attack: Attack, rows: dict[str, list[Any]], progress: bool
+) -> tuple[str, str]:
+    """Fill `rows` batch by batch; returns (status, reason). Raises on failure."""
+    if ctx.model.info.kind == "FR" and not ctx.dataset.info.has_refs:
+        reason = f"full-reference model; dataset {ctx.dataset.name!r} has no reference images"
+        return "not_applicable", reason
+    if attack.info.trainable:
+        fit_attack(ctx, attack)
+    status, reason = "done", ""
+    desc = f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}"
+    for batch in tqdm(ctx.batches(), desc=desc, unit="batch", leave=False, disable=not progress):
+        ref = ctx.refs_for(batch)
+        clean = ctx.clean_scores(batch, ref)
+        n = len(batch.ids)
+        rows["image_id"] += batch.ids
+        rows["mos"].append(batch.mos.numpy())
+        rows["clean"].append(clean)
+        if not ctx.gradient_ok and not attack.info.gradient_free:
+            status = "not_applicable"
+            reason = f"gradient attack on a model without input gradient ({ctx.gradient_reason})"
+            for k in ATTACK_KEYS:
+                rows[k].append(np.full(n, np.nan))
+            continue
+        t0 = time.perf_counter()
+        x_adv = attack.perturb(ctx.model, batch.images, ref)
+        with torch.inference_mode():
+            attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
+        seconds = (time.perf_counter() - t0) / n
+        rows["attacked"].append(attacked)
+        for k, v in perturbation_stats(batch.images, x_adv).items():
+            rows[k].append(v)
+        rows["seconds"].append(np.full(n, seconds))
+    if not rows["image_id"]:
+        raise ConfigError(f"dataset {ctx.dataset.name!r} gave no readable image")
+    if not np.isfinite(np.concatenate(rows["clean"])).any():
+        raise BenchmarkError(
+            f"{key.model} returned no finite clean score (NaN or inf on every image)"
+        )
+    return status, reason
+
+
 def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = True) -> CellResult:
     """Attack every image of the dataset for one cell; failures become a `failed` cell."""
     t_start = time.perf_counter()
-    rows: dict[str, list[Any]] = {
-        k: []
-        for k in ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
-    }
-    status, reason = "done", ""
+    rows: dict[str, list[Any]] = {k: [] for k in PER_IMAGE_KEYS}
     try:
-        if attack.info.trainable:
-            fit_attack(ctx, attack)
-        batches = ctx.batches()
-        for batch in tqdm(
-            batches,
-            desc=f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}",
-            unit="batch",
-            leave=False,
-            disable=not progress,
-        ):
-            ref = ctx.refs_for(batch)
-            clean = ctx.clean_scores(batch, ref)
-            n = len(batch.ids)
-            rows["image_id"] += batch.ids
-            rows["mos"].append(batch.mos.numpy())
-            rows["clean"].append(clean)
-            if not ctx.gradient_ok and not attack.info.gradient_free:
-                status = "not_applicable"
-                reason = (
-                    f"gradient attack on a model without input gradient ({ctx.gradient_reason})"
-                )
-                for k in ("attacked", "linf", "l2", "psnr", "ssim", "seconds"):
-                    rows[k].append(np.full(n, np.nan))
-                continue
-            t0 = time.perf_counter()
-            x_adv = attack.perturb(ctx.model, batch.images, ref)
-            with torch.inference_mode():
-                attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
-            seconds = (time.perf_counter() - t0) / n
-            stats = perturbation_stats(batch.images, x_adv)
-            rows["attacked"].append(attacked)
-            for k, v in stats.items():
-                rows[k].append(v)
-            rows["seconds"].append(np.full(n, seconds))
-        if not rows["image_id"]:
-            raise ConfigError(f"dataset {ctx.dataset.name!r} gave no readable image")
-        clean_all = np.concatenate(rows["clean"])
-        if not np.isfinite(clean_all).any():
-            raise BenchmarkError(
-                f"{key.model} returned no finite clean score (NaN or inf on every image)"
-            )
+        status, reason = _attack_batches(ctx, key, attack, rows, progress)
     except Exception as exc:  # one bad cell (a plugin that raises, NaN model) must not end the run
         log.error("cell %s failed: %s", key, exc, exc_info=not isinstance(exc, BenchmarkError))
-        status, reason = (
-            "failed",
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500],
-        )
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        status, reason = "failed", f"{type(exc).__name__}: {first_line}"[:500]
     n = len(rows["image_id"])
     arrays = {k: _concat(v, n) for k, v in rows.items() if k != "image_id"}
     if status == "failed":
-        for k in ("attacked", "linf", "l2", "psnr", "ssim", "seconds"):
+        for k in ATTACK_KEYS:
             arrays[k] = np.full(n, np.nan)
     if status == "done" and not np.isfinite(arrays["attacked"]).all():
         bad = int((~np.isfinite(arrays["attacked"])).sum())
@@ -293,7 +293,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
         image_id=np.array(rows["image_id"], dtype=object),
         model_info=info,
         attack_config=attack_record(attack),
-        gradient="ok" if ctx.gradient_ok or ctx.gradient_ok is None else "none",
+        gradient="none" if ctx.gradient_ok is False else "ok",
         reason=reason,
         meta=run_meta(ctx.cfg.device, ctx.cfg.seed)
         | {

@@ -329,7 +329,12 @@ class FolderDataset(CardDataset):
                 if path.suffix.lower() not in exts:
                     log.debug("folder %s: ignoring non-image file %s", self.root, rel)
                     continue
-                items.append(Item(rel, path, None, None, rel))
+                # A name that is not valid UTF-8 (surrogate-escaped by os.walk) keeps its real
+                # path but gets a printable id: ids are stored as UTF-8 text.
+                image_id = rel.encode("utf-8", "surrogateescape").decode(
+                    "utf-8", "backslashreplace"
+                )
+                items.append(Item(image_id, path, None, None, image_id))
         if not items:
             raise DataError(
                 f"{self.root}: no image files found (looked recursively for {len(exts)} PIL formats)"
