@@ -438,6 +438,127 @@ def provenance(cells: Sequence[CellResult], tables: LeaderboardTables) -> list[t
     return items
 
 
+def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
+    """One model x attack table of absolute gains per (dataset, norm, eps, direction)."""
+    cells = tables.cells
+    if cells.empty:
+        return []
+    out = []
+    for (dataset, norm, _eps, direction), group in cells.groupby(GROUP_KEYS, sort=True):
+        attacks = sorted(group["attack"].astype(str).unique())
+        counted = group[group["outcome"] == "counted"]["effect"].abs()
+        scale = float(counted.max()) if len(counted) and counted.max() > 0 else 1.0
+        rows = []
+        for model, mg in group.groupby("model", sort=True):
+            by_attack = {str(r["attack"]): r for _, r in mg.iterrows()}
+            row_cells = []
+            for a in attacks:
+                r = by_attack.get(a)
+                if r is None:
+                    row_cells.append({"text": "", "colour": "#fff", "title": "not run"})
+                elif r["outcome"] != "counted":
+                    row_cells.append(
+                        {"text": r["outcome"].replace("_", " "), "colour": "#e8e8e8",
+                         "title": str(r["outcome_reason"])}
+                    )  # fmt: skip
+                else:
+                    level = min(1.0, max(0.0, float(r["effect"]) / scale))
+                    red = f"rgb(255, {int(255 - 150 * level)}, {int(255 - 150 * level)})"
+                    row_cells.append(
+                        {"text": fmt_ci(r["abs_gain"], r["abs_gain_low"], r["abs_gain_high"], 3),
+                         "colour": red, "title": f"PSNR {fmt_num(r['mean_psnr'], 2)} dB"}
+                    )  # fmt: skip
+            rows.append({"model": str(model), "cells": row_cells})
+        title = f"{dataset} | {threat_label(norm, group['eps_label'].iloc[0])} | {direction}"
+        out.append({"title": title, "attacks": attacks, "rows": rows})
+    return out
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def extra_plots(tables: LeaderboardTables, cells: Sequence[CellResult]) -> list[tuple[str, bytes]]:
+    """Gain vs eps per model, and clean vs attacked score distributions of the worst attack."""
+    plots: list[tuple[str, bytes]] = []
+    ranked = tables.ranked
+    if not ranked.empty and ranked["eps"].nunique() > 1:
+        fig = _figure(7.5, 4.5)
+        ax = fig.add_subplot()
+        for (model, norm, direction), g in ranked.groupby(["model", "norm", "direction"]):
+            g = g.sort_values("eps")
+            ax.plot(
+                g["eps"] * 255, g["abs_gain"], marker="o", label=f"{model} ({norm}, {direction})"
+            )
+        ax.set_xlabel("eps (x/255)")
+        ax.set_ylabel("worst-case absolute gain")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        plots.append(("Gain vs budget", _png(fig)))
+    by_key = {c.key: c for c in cells}
+    worst = []
+    for _, r in ranked.iterrows():
+        key = next(
+            (k for k in by_key if k.model == r["model"] and k.dataset == r["dataset"]
+             and k.attack == r["worst_attack"] and np.isclose(k.eps, r["eps"])
+             and k.direction == r["direction"]),
+            None,
+        )  # fmt: skip
+        if key is not None:
+            worst.append(by_key[key])
+    worst = worst[:12]
+    if worst:
+        cols = min(4, len(worst))
+        nrows = math.ceil(len(worst) / cols)
+        fig = _figure(3.2 * cols, 2.4 * nrows)
+        for i, cell in enumerate(worst):
+            ax = fig.add_subplot(nrows, cols, i + 1)
+            clean = cell.clean[np.isfinite(cell.clean)]
+            adv = cell.attacked[np.isfinite(cell.attacked)]
+            bins = np.histogram_bin_edges(np.concatenate([clean, adv]), bins=20)
+            ax.hist(clean, bins=bins, alpha=0.6, label="clean")
+            ax.hist(adv, bins=bins, alpha=0.6, label="attacked")
+            ax.set_title(
+                f"{cell.key.model[:24]}\n{cell.key.attack} {cell.key.eps_label}", fontsize=8
+            )
+            ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        plots.append(("Score distributions, clean vs attacked (worst attack)", _png(fig)))
+    return plots
+
+
+def export_tables(tables: LeaderboardTables, html_path: Path) -> list[Path]:
+    """CSV and JSON of the ranking rows and per-cell scores beside the HTML file."""
+    stem = html_path.with_suffix("")
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, frame in (("ranking", tables.rows), ("cells", tables.cells)):
+        frame = frame.drop(columns=["logistic_params"], errors="ignore")
+        for ext in ("csv", "json"):
+            path = Path(f"{stem}.{name}.{ext}")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            if ext == "csv":
+                frame.to_csv(tmp, index=False)
+            else:
+                frame.to_json(tmp, orient="records", indent=1, default_handler=str)
+            os.replace(tmp, path)
+            written.append(path)
+    return written
+
+
 # ---------------------------------------------------------------------------------------
 # HTML
 
@@ -456,6 +577,10 @@ caption { text-align: left; font-weight: bold; padding: 0.3em 0; }
 .muted { color: #666; font-size: 0.9em; }
 dt { font-weight: bold; margin-top: 0.4em; }
 img { max-width: 100%; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th.asc::after { content: " \25B2"; }
+table.sortable th.desc::after { content: " \25BC"; }
+td.heat { text-align: right; font-variant-numeric: tabular-nums; }
 </style>
 </head>
 <body>
@@ -463,15 +588,36 @@ img { max-width: 100%; }
 <p class="muted">{{ n_cells }} cells, {{ n_models }} models, {{ n_groups }} ranked threat model(s).
 Gains are measured in quality-up scores normalised to [0,1]; lower worst-case gain ranks first.</p>
 
+<p class="muted">Click a column header to sort. Exports of these tables:
+<code>{{ export_names }}</code> beside this file.</p>
+
 <h2>Robustness / accuracy trade-off</h2>
 <img alt="worst-case absolute gain vs clean SROCC per model"
      src="data:image/png;base64,{{ plot_b64 }}">
+{% for plot in extra_plots %}
+<h2>{{ plot.title }}</h2>
+<img alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.b64 }}">
+{% endfor %}
 
 {% for group in groups %}
 <h2>{{ group.title }}</h2>
 {{ table(group.headers, group.rows) }}
 {% else %}
 <p>No ranked model.</p>
+{% endfor %}
+
+<h2>Per-attack matrix</h2>
+<p class="muted">Absolute gain of every attack on every model (colour: gain relative to the
+largest in the table; grey: not applicable or failed).</p>
+{% for m in matrices %}
+<table class="sortable">
+<caption>{{ m.title }}</caption>
+<thead><tr><th>Model</th>{% for a in m.attacks %}<th>{{ a }}</th>{% endfor %}</tr></thead>
+<tbody>
+{% for row in m.rows %}<tr><td>{{ row.model }}</td>{% for c in row.cells -%}
+<td class="heat" style="background: {{ c.colour }}" title="{{ c.title }}">{{ c.text }}</td>{% endfor %}</tr>
+{% endfor %}</tbody>
+</table>
 {% endfor %}
 
 <h2>Not ranked ({{ no_gradient_reason }})</h2>
@@ -497,11 +643,37 @@ default and are never shown with a gain of 0.</p>
 {% for key, value in provenance %}<tr><th>{{ key }}</th><td>{{ value }}</td></tr>
 {% endfor %}
 </table>
+<script>
+// Sort a table by the clicked column: numbers (the first one in a cell) numerically, else text.
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("thead th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var asc = !th.classList.contains("asc");
+      table.querySelectorAll("thead th").forEach(function (h) { h.classList.remove("asc", "desc"); });
+      th.classList.add(asc ? "asc" : "desc");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var text = row.cells[col] ? row.cells[col].textContent.trim() : "";
+        var m = text.match(/^-?\\d+(\\.\\d+)?(e-?\\d+)?/);
+        return m ? parseFloat(m[0]) : text.toLowerCase();
+      }
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        var bothNum = typeof x === "number" && typeof y === "number";
+        var c = bothNum ? x - y : (typeof x === "number" ? -1 : typeof y === "number" ? 1 : (x < y ? -1 : x > y ? 1 : 0));
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+</script>
 </body>
 </html>
 """
 
-_TABLE_MACRO = """<table>
+_TABLE_MACRO = """<table class="sortable">
 <thead><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr></thead>
 <tbody>
 {% for row in rows %}<tr>{% for value, numeric in row -%}
@@ -654,8 +826,16 @@ def render_html(
         else []
     )
 
+    out = Path(out_path)
+    exports = export_tables(tables, out)
     page = env.from_string(_TEMPLATE).render(
         title=title,
+        export_names=", ".join(p.name for p in exports),
+        matrices=attack_matrices(tables),
+        extra_plots=[
+            {"title": t, "b64": base64.b64encode(png).decode("ascii")}
+            for t, png in extra_plots(tables, cells)
+        ],
         table=table,
         n_cells=len(tables.cells),
         n_models=int(tables.cells["model"].nunique()) if len(tables.cells) else 0,
@@ -706,7 +886,6 @@ def render_html(
         definitions=list(COLUMN_DEFINITIONS.items()),
         provenance=provenance(cells, tables),
     )
-    out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -193,7 +193,11 @@ def test_html_is_self_contained_escaped_and_embeds_plot(tmp_path):
         standard_cells(), tmp_path / "lb" / "index.html", title=f"T {EVIL}", n_boot=NB
     )
     html = out.read_text(encoding="utf-8")
-    assert EVIL not in html and "<script" not in html.lower()
+    # the only script is the page's own sorter; user strings never become markup
+    assert EVIL not in html and html.lower().count("<script") == 1
+    assert "Per-attack matrix" in html and 'class="sortable"' in html
+    for export in ("index.ranking.csv", "index.cells.json"):
+        assert (tmp_path / "lb" / export).stat().st_size > 0
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"https?://", html)
     assert not re.search(r"<link|@import|url\(|<iframe", html, re.I)
