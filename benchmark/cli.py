@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("-o", "--out", default="results/leaderboard.html")
     lb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
 
+    from benchmark.compare import add_compare_parser
+
+    add_compare_parser(sub)
+
     bd = sub.add_parser("build-dataset", help="generate the built-in dataset into the cache now")
     bd.add_argument("name", choices=["builtin"])
     bd.add_argument("--force", action="store_true", help="rebuild even when cached")
@@ -130,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parse_eps(text: str | None) -> tuple[float, ...]:
+def parse_eps(text: str | None) -> tuple[float, ...]:
     from benchmark.budget import parse_budget
 
     if text is None:
@@ -158,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         attacks=resolve_attacks(args.attacks),
         dataset=args.dataset,
         split=args.split,
-        eps=_parse_eps(args.eps),
+        eps=parse_eps(args.eps),
         directions=("up", "down") if args.direction == "both" else (args.direction,),
         limit=args.limit,
         seed=args.seed,
@@ -295,8 +299,15 @@ def cmd_build_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from benchmark.compare import cmd_compare as compare
+
+    return compare(args)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "compare": cmd_compare,
     "list": cmd_list,
     "leaderboard": cmd_leaderboard,
     "build-dataset": cmd_build_dataset,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from benchmark.attacks.base import Attack
 from benchmark.attacks.registry import create_attack
+from benchmark.attacks.utils import seeded_rng
 from benchmark.budget import budget_label
 from benchmark.datasets.base import Batch, IQADataset
 from benchmark.datasets.registry import create_dataset
@@ -216,7 +217,7 @@ class GroupContext:
                         self.model.name,
                         self.gradient_reason,
                     )
-            with torch.inference_mode():
+            with torch.inference_mode(), seeded_rng(self.cfg.seed, batch.images.device):
                 s = self.model.score(batch.images, ref).double().cpu().numpy()
             self.clean.update(zip(batch.ids, s, strict=True))
         return np.array([self.clean[i] for i in batch.ids], dtype=np.float64)
@@ -252,7 +253,7 @@ def _attack_batches(
             continue
         t0 = time.perf_counter()
         x_adv = attack.perturb(ctx.model, batch.images, ref)
-        with torch.inference_mode():
+        with torch.inference_mode(), seeded_rng(ctx.cfg.seed, x_adv.device):
             attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
         seconds = (time.perf_counter() - t0) / n
         rows["attacked"].append(attacked)

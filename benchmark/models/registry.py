@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.defenses.purifiers import parse_purified, purified_model
 from benchmark.errors import ConfigError, ModelUnavailable
 from benchmark.models.base import IQAModel, ModelInfo, count_parameters
 from benchmark.models.pyiqa_adapter import create_pyiqa_model, pyiqa_availability, pyiqa_info
@@ -54,11 +55,18 @@ def model_registry() -> Registry:
 
 
 def is_plugin_path(name: str) -> bool:
-    return ":" in name and name not in model_registry()
+    return ":" in name and name not in model_registry() and parse_purified(name) is None
 
 
 def create_model(name: str, device: str | torch.device = "cpu") -> IQAModel:
-    """Build any model by name; raises ModelUnavailable (with the reason) or UnknownNameError."""
+    """Build any model by name; raises ModelUnavailable (with the reason) or UnknownNameError.
+
+    `<purifier><param>+<base>` (e.g. `jpeg50+cnniqa-builtin`) puts a purification defense in
+    front of any base model (benchmark.defenses.purifiers).
+    """
+    purified = parse_purified(name)
+    if purified is not None:
+        return purified_model(name, create_model(purified[2], device)).to(device)
     if is_plugin_path(name):
         model = wrap_plugin(load_target(name), name)
     else:
@@ -151,8 +159,11 @@ def resolve_model_names(
         elif n in ("all-nr", "all-fr"):
             out.extend(s.name for s in usable_only() if s.usable and s.kind == n[-2:].upper())
         else:
-            if not is_plugin_path(n):
-                model_registry().get(n)  # raises UnknownNameError with suggestions
+            base = n
+            while (purified := parse_purified(base)) is not None:
+                base = purified[2]
+            if not is_plugin_path(base):
+                model_registry().get(base)  # raises UnknownNameError with suggestions
             out.append(n)
     return list(dict.fromkeys(out))
 

@@ -1,0 +1,1 @@
+"""Defenses beside RobustBlocks: input purification (adversarial training lives in training)."""
