@@ -1,0 +1,150 @@
+"""Runner throughput vs the cost floor and vs the per-image loop of prior benchmarks.
+
+    python benchmarks/throughput.py [--images 32] [--size 192] [--repeats 3] [--device cpu]
+
+For each model and attack, in one process:
+- floor: k forward+backward passes of the model on the whole batch (k = attack steps) plus the
+  one forward that scores the attacked images, the least any implementation must compute;
+- runner: `benchmark.runner.run_cell` on the same images (batched, with every per-image
+  measurement: PSNR/SSIM, L_inf/L2, attacked score), clean scores already cached as in a run;
+- per-image: the same cell with batch size 1, the loop prior benchmarks use.
+Prints medians over repeats and the ratios runner/floor (target <= 1.3) and
+per-image/runner (target >= 2.5 in geometric mean). Images are synthetic and held in memory
+so that PNG decoding does not blur the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark.attacks.registry import create_attack  # noqa: E402
+from benchmark.datasets.base import DatasetInfo, IQADataset, Sample  # noqa: E402
+from benchmark.models.archs import build_arch  # noqa: E402
+from benchmark.models.base import IQAModel, ModelInfo  # noqa: E402
+from benchmark.models.registry import create_model, model_registry  # noqa: E402
+from benchmark.results import CellKey  # noqa: E402
+from benchmark.runner import GroupContext, RunConfig, run_cell  # noqa: E402
+
+
+class MemoryDataset(IQADataset):
+    """Smooth random images in memory (no decoding cost)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        raw = torch.rand(n, 3, size // 8, size // 8, generator=g)
+        self.images = torch.nn.functional.interpolate(
+            raw, size=(size, size), mode="bilinear"
+        ).clamp(0, 1)
+        self.info = DatasetInfo("memory", "memory", (0.0, 1.0), False, "all")
+
+    def ids(self) -> list[str]:
+        return [f"img{i}" for i in range(len(self.images))]
+
+    def load(self, image_id: str) -> Sample:
+        i = int(image_id[3:])
+        return Sample(image_id, self.images[i], float(i) / len(self.images))
+
+
+def models(device: str) -> dict[str, IQAModel]:
+    """Zoo models when shipped, else random-init architectures of the same kinds."""
+    out = {}
+    for name in ("cnniqa-builtin", "wadiqam-nr-builtin", "resnet-small-builtin"):
+        if name in model_registry():
+            out[name] = create_model(name, device)
+    if not out:
+        for arch in ("cnniqa", "resnet_small"):
+            net = build_arch(arch).eval()
+            out[arch] = IQAModel(net, ModelInfo(arch, "NR", False, None, "zoo")).to(device)
+    return out
+
+
+def timed(fn, repeats: int, device: str) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_fn(model: IQAModel, x: torch.Tensor, steps: int):
+    def run() -> None:
+        for _ in range(steps):
+            xi = x.detach().clone().requires_grad_(True)
+            model.quality(xi).sum().backward()
+        with torch.inference_mode():
+            model.score(x)
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--size", type=int, default=192)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--attacks", default="fgsm,ifgsm,pgd")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    data = MemoryDataset(args.images, args.size)
+    x_all = data.images.to(args.device)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.images} images {args.size}x{args.size}, "
+          f"batch {args.batch_size}, median of {args.repeats}")  # fmt: skip
+    print(
+        f"{'model':<22}{'attack':<8}{'floor s':>9}{'runner s':>10}{'per-img s':>11}{'run/floor':>11}{'img/run':>9}"
+    )
+    speedups = []
+    for name, model in models(args.device).items():
+        for attack_name in args.attacks.split(","):
+            attack = create_attack(attack_name)
+            steps = getattr(attack, "steps", 1)
+
+            def cell(batch: int, attack=attack, model=model) -> None:
+                cfg = RunConfig(
+                    models=(model.name,),
+                    attacks=(attack.info.name,),
+                    batch_size=batch,
+                    device=args.device,
+                )
+                ctx = GroupContext(model, data, cfg)
+                ctx.gradient_ok = True
+                ctx.clean = dict.fromkeys(data.ids(), 0.0)  # clean scores are computed once per run
+                run_cell(
+                    ctx,
+                    CellKey(model.name, "memory", attack.info.name, attack.eps),
+                    attack,
+                    progress=False,
+                )
+
+            def floor(model=model, steps=steps) -> None:
+                for i in range(0, args.images, args.batch_size):
+                    floor_fn(model, x_all[i : i + args.batch_size], steps)()
+
+            t_floor = timed(floor, args.repeats, args.device)
+            t_run = timed(lambda: cell(args.batch_size), args.repeats, args.device)
+            t_one = timed(lambda: cell(1), max(1, args.repeats - 1), args.device)
+            speedups.append(t_one / t_run)
+            print(f"{name:<22}{attack_name:<8}{t_floor:>9.2f}{t_run:>10.2f}{t_one:>11.2f}"
+                  f"{t_run / t_floor:>11.2f}{t_one / t_run:>9.2f}")  # fmt: skip
+    gmean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+    print(f"geometric mean per-image/runner speed-up: {gmean:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
