@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         "--html", default=None, help="leaderboard file (default: leaderboard.html beside --out)"
     )
     r.add_argument("--force", action="store_true", help="recompute cells even when stored")
+    r.add_argument(
+        "--attack-source",
+        default=None,
+        help="transfer: craft attacks on this model, score them on every --models target",
+    )
     r.add_argument("--executor", default="local", choices=["local", "ray"], help="where cells run")
     r.add_argument(
         "--ray-address", default=None, help="Ray cluster address (default: start a local one)"
@@ -92,6 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     ls.add_argument("what", choices=["models", "attacks", "datasets"])
     ls.add_argument("--usable", action="store_true", help="only entries usable here")
+    ls.add_argument(
+        "--artifacts",
+        action="store_true",
+        help="with attacks: list cached trained-attack artifacts",
+    )
 
     lb = sub.add_parser("leaderboard", help="render the leaderboard from stored results alone")
     lb.add_argument("results", nargs="+", help="results .h5 files")
@@ -170,6 +180,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         params=parse_overrides(args.param),
         data_root=args.data_root,
+        attack_source=resolve_model_names(args.attack_source)[0] if args.attack_source else None,
     )
     log.info("models: %s", ", ".join(models))
     store = ResultStore(args.out)
@@ -215,6 +226,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             for s in list_models()
             if s.usable or not args.usable
         ]
+    elif args.what == "attacks" and args.artifacts:
+        from benchmark.attacks.artifacts import list_artifacts
+        from benchmark.paths import cache_dir
+
+        header = ("attack", "model", "key", "size", "train_s", "train_images", "created", "status")
+        rows = [
+            (r.attack, r.model, r.digest, f"{r.size_bytes / 1e6:.1f} MB",
+             "-" if r.train_seconds is None else f"{r.train_seconds:.0f}",
+             str(r.train_images or "-"), r.created, r.problem or "ok")
+            for r in list_artifacts(cache_dir() / "artifacts")
+        ]  # fmt: skip
     elif args.what == "attacks":
         from benchmark.attacks.registry import list_attacks
 

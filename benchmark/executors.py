@@ -37,8 +37,13 @@ def _cell_task(cfg: Any, model_name: str, attack_name: str, eps: float, directio
     except ModelUnavailable as exc:
         return ("unavailable", str(exc))
     dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
-    key = CellKey(model_name, cfg.dataset, attack.info.name, attack.eps, direction)
-    cell = run_cell(GroupContext(model, dataset, cfg), key, attack, progress=False)
+    source = None
+    label = attack.info.name
+    if cfg.attack_source and cfg.attack_source != model_name:
+        source = create_model(cfg.attack_source, cfg.device)
+        label = f"{label}@{cfg.attack_source}"
+    key = CellKey(model_name, cfg.dataset, label, attack.eps, direction)
+    cell = run_cell(GroupContext(model, dataset, cfg, source), key, attack, progress=False)
     return ("done", (cell, config_hash(cfg, attack)))
 
 

@@ -55,6 +55,7 @@ class RunConfig:
     batch_size: int = 16
     params: dict[str, Any] = field(default_factory=dict)  # attack parameter overrides
     data_root: str | None = None
+    attack_source: str | None = None  # transfer: craft on this model, score on each target
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -97,7 +98,10 @@ def plan_cells(cfg: RunConfig) -> list[tuple[CellKey, Attack]]:
             for eps in eps_values:
                 for direction in cfg.directions:
                     attack = make_attack(cfg, attack_name, eps, direction)
-                    key = CellKey(model, cfg.dataset, attack.info.name, attack.eps, direction)
+                    label = attack.info.name
+                    if cfg.attack_source and cfg.attack_source != model:
+                        label = f"{label}@{cfg.attack_source}"
+                    key = CellKey(model, cfg.dataset, label, attack.eps, direction)
                     cells.append((key, attack))
     return cells
 
@@ -120,6 +124,7 @@ def config_hash(cfg: RunConfig, attack: Attack) -> str:
         "limit": cfg.limit,
         "seed": cfg.seed,
         "data_root": cfg.data_root,
+        "attack_source": cfg.attack_source,
     }
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -183,6 +188,7 @@ class GroupContext:
     model: IQAModel
     dataset: IQADataset
     cfg: RunConfig
+    source: IQAModel | None = None  # transfer attacks are crafted on this model
     gradient_ok: bool | None = None
     gradient_reason: str = ""
     clean: dict[str, float] = field(default_factory=dict)
@@ -194,6 +200,13 @@ class GroupContext:
             if b.refs is not None:
                 b.refs = b.refs.to(device)
             yield b
+
+    @property
+    def attacker(self) -> IQAModel:
+        return self.source or self.model
+
+    def attacker_ref(self, batch: Batch) -> torch.Tensor | None:
+        return batch.refs if self.attacker.info.kind == "FR" else None
 
     def refs_for(self, batch: Batch) -> torch.Tensor | None:
         if self.model.info.kind != "FR":
@@ -209,7 +222,7 @@ class GroupContext:
         if missing:
             if self.gradient_ok is None:
                 self.gradient_ok, self.gradient_reason = check_gradient(
-                    self.model, batch.images, ref
+                    self.attacker, batch.images, self.attacker_ref(batch)
                 )
                 if not self.gradient_ok:
                     log.warning(
@@ -234,8 +247,7 @@ def _attack_batches(
     if ctx.model.info.kind == "FR" and not ctx.dataset.info.has_refs:
         reason = f"full-reference model; dataset {ctx.dataset.name!r} has no reference images"
         return "not_applicable", reason
-    if attack.info.trainable:
-        fit_attack(ctx, attack)
+    fitted = not attack.info.trainable
     status, reason = "done", ""
     desc = f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}"
     for batch in tqdm(ctx.batches(), desc=desc, unit="batch", leave=False, disable=not progress):
@@ -251,8 +263,11 @@ def _attack_batches(
             for k in ATTACK_KEYS:
                 rows[k].append(np.full(n, np.nan))
             continue
+        if not fitted:  # after the gradient check: a model without gradient trains nothing
+            fit_attack(ctx, attack)
+            fitted = True
         t0 = time.perf_counter()
-        x_adv = attack.perturb(ctx.model, batch.images, ref)
+        x_adv = attack.perturb(ctx.attacker, batch.images, ctx.attacker_ref(batch))
         with torch.inference_mode(), seeded_rng(ctx.cfg.seed, x_adv.device):
             attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
         seconds = (time.perf_counter() - t0) / n
@@ -303,7 +318,9 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             "limit": ctx.cfg.limit,
             "batch_size": ctx.cfg.batch_size,
             "skipped_images": dict(ctx.dataset.skipped),
-        },
+            "attack_source": ctx.source.name if ctx.source else None,
+        }
+        | ({"attack_runtime": attack.runtime()} if hasattr(attack, "runtime") else {}),
         **arrays,
     )
 
@@ -316,18 +333,24 @@ def _concat(parts: list[Any], n: int) -> np.ndarray:
 
 
 def fit_attack(ctx: GroupContext, attack: Attack) -> None:
-    """Trainable attacks learn on the dataset's train split (artifacts cached on disk)."""
+    """Trainable attacks learn on the dataset's train split (artifacts cached on disk).
+
+    The training data is named by dataset, root (the built-in one's folder carries its
+    recipe hash) and a hash of its image ids, so a cached artifact loads without reading it.
+    """
     train = create_dataset(ctx.cfg.dataset, "train", ctx.cfg.data_root)
     device = torch.device(ctx.cfg.device)
+    attacker = ctx.attacker
+    ids = train.ids()
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+    data_id = f"{ctx.cfg.dataset}:train:{getattr(train, 'root', '')}:{len(ids)}:{digest}"
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         for b in train.batches(ctx.cfg.batch_size):
-            ref = (
-                b.refs.to(device) if (b.refs is not None and ctx.model.info.kind == "FR") else None
-            )
+            ref = b.refs.to(device) if (b.refs is not None and attacker.info.kind == "FR") else None
             yield b.images.to(device), ref
 
-    attack.fit(ctx.model, batches(), cache_dir() / "artifacts")
+    attack.fit(attacker, batches(), cache_dir() / "artifacts", data_id=data_id)
 
 
 # -- executors -------------------------------------------------------------------------------
@@ -347,7 +370,10 @@ def run_group(
     model = create_model(model_name, cfg.device)
     if dataset is None:
         dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
-    ctx = GroupContext(model, dataset, cfg)
+    source = None
+    if cfg.attack_source and cfg.attack_source != model_name:
+        source = create_model(cfg.attack_source, cfg.device)
+    ctx = GroupContext(model, dataset, cfg, source)
     for key, attack in cells:
         sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
 

@@ -187,3 +187,30 @@ def test_gradient_check_catches_masking():
     assert not ok and "zero" in why
     ok, why = check_gradient(_model(lambda t: t.sqrt().mean(dim=(1, 2, 3))), x * 0, None)
     assert not ok and "not finite" in why
+
+
+def test_trained_attack_runs_once_and_transfer_is_labelled(setup, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCHMARK_CACHE", str(tmp_path / "cache"))
+    base = run_args(setup, "gmsd")
+    base[base.index("ifgsm")] = "uap"
+    base[base.index("steps=3")] = "epochs=1"
+    base += ["--param", "size=32", "--param", "train_images=4", "--param", "batch_size=2"]
+    assert main(base) == 0
+    cell = next(iter(ResultStore(setup["out"]).read_cells()))
+    assert cell.status == "done" and cell.meta["attack_runtime"]["artifact_loaded"] is False
+    assert (cell.linf <= 10 / 255 + 1e-6).all()
+    assert main([*base, "--force"]) == 0  # the cached artifact is reused, not retrained
+    cell = next(iter(ResultStore(setup["out"]).read_cells()))
+    assert cell.meta["attack_runtime"]["artifact_loaded"] is True
+    capsys.readouterr()
+
+    transfer = run_args(setup, "ssim,psnr", "--attack-source", "gmsd")
+    assert main(transfer) == 0
+    cells = {
+        c.key.model: c for c in ResultStore(setup["out"]).read_cells() if c.key.model != "gmsd"
+    }
+    assert {c.key.attack for c in cells.values()} == {"ifgsm@gmsd"}
+    assert cells["ssim"].meta["attack_source"] == "gmsd" and cells["ssim"].status == "done"
+    # crafted on GMSD, the perturbation still changes SSIM's score, within budget
+    assert (cells["ssim"].attacked != cells["ssim"].clean).all()
+    assert (cells["ssim"].linf <= 10 / 255 + 1e-6).all()

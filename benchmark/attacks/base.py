@@ -87,8 +87,12 @@ class Attack(ABC):
         model: IQAModel,
         train_batches: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
         artifact_dir: Path,
+        data_id: str | None = None,
     ) -> None:
-        """Trainable attacks (UAP, FACPA) learn here; per-image attacks need nothing."""
+        """Trainable attacks (UAP, FACPA) learn here; per-image attacks need nothing.
+
+        `data_id` names the training data (dataset, split, ids, version) so a cached
+        artifact is found without reading the data."""
         return None
 
     def perturb(
