@@ -517,6 +517,22 @@ def extra_plots(tables: LeaderboardTables, cells: Sequence[CellResult]) -> list[
         )  # fmt: skip
         if key is not None:
             worst.append(by_key[key])
+    examples = [c for c in cells if c.example_delta is not None and c.status == "done"][:16]
+    if examples:
+        cols = min(4, len(examples))
+        nrows = math.ceil(len(examples) / cols)
+        fig = _figure(2.6 * cols, 2.8 * nrows)
+        for i, cell in enumerate(examples):
+            ax = fig.add_subplot(nrows, cols, i + 1)
+            ax.imshow(cell.example_delta)
+            ax.set_title(
+                f"{cell.key.attack} on {cell.key.model[:20]}\n{cell.key.eps_label}", fontsize=8
+            )
+            ax.axis("off")
+        fig.tight_layout()
+        plots.append(
+            ("Learned perturbations (trained attacks; grey = 0, full colour = +-eps)", _png(fig))
+        )
     worst = worst[:12]
     if worst:
         cols = min(4, len(worst))

@@ -59,6 +59,9 @@ class CellResult:
     gradient: Literal["ok", "none"] = "ok"
     reason: str = ""
     meta: dict[str, Any] = field(default_factory=dict)  # versions, git, device, wall time, seed
+    # For trained (universal/generative) attacks: the first image's perturbation, mapped from
+    # [-eps, eps] to uint8 (H, W, 3), so the leaderboard can show what the attack learned.
+    example_delta: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.image_id.shape[0])

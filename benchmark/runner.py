@@ -271,6 +271,11 @@ def _attack_batches(
         with torch.inference_mode(), seeded_rng(ctx.cfg.seed, x_adv.device):
             attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
         seconds = (time.perf_counter() - t0) / n
+        if attack.info.trainable and not rows["example_delta"]:
+            delta = (x_adv[0] - batch.images[0]) / attack.eps
+            rows["example_delta"].append(
+                ((delta.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+            )
         rows["attacked"].append(attacked)
         for k, v in perturbation_stats(batch.images, x_adv).items():
             rows[k].append(v)
@@ -287,7 +292,7 @@ def _attack_batches(
 def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = True) -> CellResult:
     """Attack every image of the dataset for one cell; failures become a `failed` cell."""
     t_start = time.perf_counter()
-    rows: dict[str, list[Any]] = {k: [] for k in PER_IMAGE_KEYS}
+    rows: dict[str, list[Any]] = {k: [] for k in (*PER_IMAGE_KEYS, "example_delta")}
     try:
         status, reason = _attack_batches(ctx, key, attack, rows, progress)
     except Exception as exc:  # one bad cell (a plugin that raises, NaN model) must not end the run
@@ -295,6 +300,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         status, reason = "failed", f"{type(exc).__name__}: {first_line}"[:500]
     n = len(rows["image_id"])
+    example = rows.pop("example_delta")
     arrays = {k: _concat(v, n) for k, v in rows.items() if k != "image_id"}
     if status == "failed":
         for k in ATTACK_KEYS:
@@ -321,6 +327,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             "attack_source": ctx.source.name if ctx.source else None,
         }
         | ({"attack_runtime": attack.runtime()} if hasattr(attack, "runtime") else {}),
+        example_delta=example[0] if example and status == "done" else None,
         **arrays,
     )
 

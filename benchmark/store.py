@@ -230,6 +230,8 @@ def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
     group.attrs["attack_config"] = _json(cell.attack_config)
     group.attrs["model_info"] = _json(cell.model_info)
     group.attrs["meta"] = _json(cell.meta)
+    if cell.example_delta is not None:
+        group.create_dataset("example_delta", data=np.asarray(cell.example_delta, dtype=np.uint8))
 
 
 def _read_cell(group: h5py.Group) -> CellResult:
@@ -247,6 +249,7 @@ def _read_cell(group: h5py.Group) -> CellResult:
             gradient=str(group.attrs["gradient"]),  # type: ignore[arg-type]
             reason=str(group.attrs["reason"]),
             meta=json.loads(group.attrs["meta"]),
+            example_delta=group["example_delta"][()] if "example_delta" in group else None,
             **arrays,
         )
     except (KeyError, ValueError, TypeError) as exc:

@@ -199,6 +199,8 @@ def test_trained_attack_runs_once_and_transfer_is_labelled(setup, capsys, tmp_pa
     cell = next(iter(ResultStore(setup["out"]).read_cells()))
     assert cell.status == "done" and cell.meta["attack_runtime"]["artifact_loaded"] is False
     assert (cell.linf <= 10 / 255 + 1e-6).all()
+    assert cell.example_delta.shape == (40, 48, 3) and cell.example_delta.dtype == np.uint8
+    assert "Learned perturbations" in Path(setup["html"]).read_text()
     assert main([*base, "--force"]) == 0  # the cached artifact is reused, not retrained
     cell = next(iter(ResultStore(setup["out"]).read_cells()))
     assert cell.meta["attack_runtime"]["artifact_loaded"] is True
