@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -16,6 +16,7 @@ from benchmark.errors import ConfigError, DataError
 from benchmark.models.base import IQAModel
 
 Direction = Literal["up", "down"]
+NORM_LABELS = {"linf": "L_inf", "l2": "L2"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Attack(ABC):
     """
 
     info: AttackInfo
+    # The card parameters a class accepts, with their defaults; None accepts any (plugins).
+    defaults: ClassVar[dict[str, Any] | None] = None
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # budget norms the algorithm supports
 
     def __init__(
         self,
@@ -51,6 +55,19 @@ class Attack(ABC):
             raise ConfigError(f"direction must be 'up' or 'down', got {direction!r}")
         if not (0.0 < eps <= 1.0):
             raise ConfigError(f"eps must lie in (0, 1], got {eps}")
+        if info.norm not in self.norms:
+            raise ConfigError(
+                f"attack {info.name!r} supports {'/'.join(NORM_LABELS[n] for n in self.norms)} "
+                f"budgets only, its card says {info.norm!r}"
+            )
+        if self.defaults is not None:
+            unknown = sorted(set(params) - set(self.defaults))
+            if unknown:
+                allowed = ", ".join(sorted(self.defaults)) or "none"
+                raise ConfigError(
+                    f"attack {info.name!r}: unknown param(s) {', '.join(unknown)}; allowed: {allowed}"
+                )
+            params = {**self.defaults, **params}
         self.info = info
         self.eps = float(eps)
         self.direction: Direction = direction

@@ -36,6 +36,7 @@ class SignedGradientAttack(Attack):
     not); `fixed` pins the settings that define the algorithm (FGSM is one step of eps).
     """
 
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
     defaults: ClassVar[dict[str, Any]] = {}
     fixed: ClassVar[dict[str, Any]] = {}
 
@@ -47,17 +48,7 @@ class SignedGradientAttack(Attack):
         seed: int = 0,
         **params: Any,
     ) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(
-                f"attack {info.name!r}: unknown param(s) {', '.join(unknown)}; allowed: {allowed}"
-            )
-        if info.norm != "linf":
-            raise ConfigError(
-                f"attack {info.name!r} is an L_inf attack, its card says {info.norm!r}"
-            )
-        super().__init__(info, eps, direction, seed, **{**self.defaults, **params})
+        super().__init__(info, eps, direction, seed, **params)
         settings = {**self.params, **self.fixed}
         where = f"attack {info.name!r}"
         self.steps = _positive_int(settings["steps"], f"{where}: steps")

@@ -38,6 +38,7 @@ def finite_mean(value: torch.Tensor) -> torch.Tensor | None:
 class IterativeAttack(Attack):
     """Parameter handling shared by the attacks of this module (`defaults` as in gradient.py)."""
 
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
@@ -48,17 +49,7 @@ class IterativeAttack(Attack):
         seed: int = 0,
         **params: Any,
     ) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise ConfigError(
-                f"attack {info.name!r}: unknown param(s) {', '.join(unknown)}; allowed: {allowed}"
-            )
-        if info.norm != "linf":
-            raise ConfigError(
-                f"attack {info.name!r} is an L_inf attack, its card says {info.norm!r}"
-            )
-        super().__init__(info, eps, direction, seed, **{**self.defaults, **params})
+        super().__init__(info, eps, direction, seed, **params)
         self.where = f"attack {info.name!r}"
         self.steps = _positive_int(self.params["steps"], f"{self.where}: steps")
 

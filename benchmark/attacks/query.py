@@ -49,6 +49,7 @@ class Square(Attack):
     """Score-based Square attack; `queries` counts every model evaluation (the stripes' and
     the clean image's included), so the objective never ends below the clean one."""
 
+    norms: ClassVar[tuple[str, ...]] = ("linf",)
     defaults: ClassVar[dict[str, Any]] = {"queries": 1000, "p_init": 0.05}
 
     def __init__(
@@ -59,17 +60,7 @@ class Square(Attack):
         seed: int = 0,
         **params: Any,
     ) -> None:
-        unknown = sorted(set(params) - set(self.defaults))
-        if unknown:
-            allowed = ", ".join(sorted(self.defaults))
-            raise ConfigError(
-                f"attack {info.name!r}: unknown param(s) {', '.join(unknown)}; allowed: {allowed}"
-            )
-        if info.norm != "linf":
-            raise ConfigError(
-                f"attack {info.name!r} is an L_inf attack, its card says {info.norm!r}"
-            )
-        super().__init__(info, eps, direction, seed, **{**self.defaults, **params})
+        super().__init__(info, eps, direction, seed, **params)
         where = f"attack {info.name!r}"
         self.queries = _positive_int(self.params["queries"], f"{where}: queries")
         p = self.params["p_init"]
