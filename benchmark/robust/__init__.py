@@ -1,0 +1,34 @@
+"""RobustBlocks: robust-by-architecture IQA models (DESIGN section 6).
+
+API: `robustify(model) -> (model, report)`, `prune(model, tau=..|fraction=..) -> (model,
+report)`, `lipschitz_upper_bound(model, input_shape) -> float | None`,
+`empirical_lipschitz(model, input_shape, n=...) -> float`.
+"""
+
+from benchmark.robust.convert import RobustifyReport, robustify
+from benchmark.robust.layers import GroupSort, MaxMin, OrthLinear, SpaceToDepth
+from benchmark.robust.lipschitz import (
+    LipschitzReport,
+    empirical_lipschitz,
+    lipschitz_analysis,
+    lipschitz_upper_bound,
+)
+from benchmark.robust.orthconv import OrthConv2d, space_to_depth
+from benchmark.robust.prune import PruneReport, prune
+
+__all__ = [
+    "GroupSort",
+    "LipschitzReport",
+    "MaxMin",
+    "OrthConv2d",
+    "OrthLinear",
+    "PruneReport",
+    "RobustifyReport",
+    "SpaceToDepth",
+    "empirical_lipschitz",
+    "lipschitz_analysis",
+    "lipschitz_upper_bound",
+    "prune",
+    "robustify",
+    "space_to_depth",
+]
