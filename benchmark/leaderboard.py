@@ -607,6 +607,13 @@ Gains are measured in quality-up scores normalised to [0,1]; lower worst-case ga
 <p class="muted">Click a column header to sort. Exports of these tables:
 <code>{{ export_names }}</code> beside this file.</p>
 
+{% for group in groups %}
+<h2>{{ group.title }}</h2>
+{{ table(group.headers, group.rows) }}
+{% else %}
+<p>No ranked model.</p>
+{% endfor %}
+
 <h2>Robustness / accuracy trade-off</h2>
 <img alt="worst-case absolute gain vs clean SROCC per model"
      src="data:image/png;base64,{{ plot_b64 }}">
@@ -615,12 +622,6 @@ Gains are measured in quality-up scores normalised to [0,1]; lower worst-case ga
 <img alt="{{ plot.title }}" src="data:image/png;base64,{{ plot.b64 }}">
 {% endfor %}
 
-{% for group in groups %}
-<h2>{{ group.title }}</h2>
-{{ table(group.headers, group.rows) }}
-{% else %}
-<p>No ranked model.</p>
-{% endfor %}
 
 <h2>Per-attack matrix</h2>
 <p class="muted">Absolute gain of every attack on every model (colour: gain relative to the
