@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -109,8 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     lb.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
 
     from benchmark.compare import add_compare_parser
+    from benchmark.evaluation import add_evaluate_parser
+    from benchmark.training import add_train_parser
 
     add_compare_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
 
     bd = sub.add_parser("build-dataset", help="generate the built-in dataset into the cache now")
     bd.add_argument("name", choices=["builtin"])
@@ -128,6 +133,8 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # torchattacks pins requests 2.25, which warns about any newer urllib3 at import: noise here
+    warnings.filterwarnings("ignore", message=r"urllib3 .* doesn't match a supported version")
     args = _parser().parse_args(argv)
     args.verbose, args.quiet = getattr(args, "verbose", False), getattr(args, "quiet", False)
     _setup_logging(args.verbose, args.quiet)
@@ -327,9 +334,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return compare(args)
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from benchmark.training import cmd_train as train
+
+    return train(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from benchmark.evaluation import cmd_evaluate as evaluate
+
+    return evaluate(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "compare": cmd_compare,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
     "list": cmd_list,
     "leaderboard": cmd_leaderboard,
     "build-dataset": cmd_build_dataset,

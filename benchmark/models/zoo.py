@@ -137,4 +137,4 @@ def load_zoo_model(card_path: Path, device: str | torch.device = "cpu") -> IQAMo
         description=card.get("description", ""),
         extra={"card": str(card_path), "certified": card.get("certified", {})},
     )
-    return IQAModel(net, info).to(device)
+    return IQAModel(net, info).to(device).eval()
