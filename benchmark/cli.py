@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         help="comma list of names, 'all' (every usable model), 'all-nr', 'all-fr', or file.py:Class",
     )
     r.add_argument(
+        "--exclude",
+        default="",
+        help="comma list of models to leave out of --models (e.g. slow ones)",
+    )
+    r.add_argument(
         "--attacks", required=True, help="comma list of attack presets (see `list attacks`)"
     )
     r.add_argument(
@@ -169,7 +174,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.runner import RunConfig, resolve_attacks, run
     from benchmark.store import ResultStore
 
-    models = tuple(resolve_model_names(args.models))
+    excluded = set(resolve_model_names(args.exclude)) if args.exclude.strip() else set()
+    models = tuple(m for m in resolve_model_names(args.models) if m not in excluded)
     if not models:
         raise ConfigError(
             "no usable model matches --models (see `python -m benchmark list models`)"

@@ -216,3 +216,10 @@ def test_trained_attack_runs_once_and_transfer_is_labelled(setup, capsys, tmp_pa
     # crafted on GMSD, the perturbation still changes SSIM's score, within budget
     assert (cells["ssim"].attacked != cells["ssim"].clean).all()
     assert (cells["ssim"].linf <= 10 / 255 + 1e-6).all()
+
+
+def test_exclude_leaves_models_out(setup, capsys):
+    assert main([*run_args(setup, "ssim,piqe"), "--exclude", "piqe"]) == 0
+    assert [c.key.model for c in ResultStore(setup["out"]).read_cells()] == ["ssim"]
+    assert main([*run_args(setup, "ssim"), "--exclude", "ssmi"]) == 2  # typos are caught
+    assert "did you mean 'ssim'" in capsys.readouterr().err
