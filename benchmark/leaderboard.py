@@ -67,6 +67,9 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "scores in quality-up orientation normalised to [0,1] by the declared score range "
     "(else min-max of the clean scores); 95% bootstrap CI over images. Not clipped: values "
     "beyond the range show inflation beyond it.",
+    "Certified cap": "Provable upper bound on the absolute gain of ANY perturbation within the "
+    "budget: L * eps * sqrt(3HW) / (score range), with L the model's certified L2 Lipschitz "
+    "bound from its card (RobustBlock models); '-' where no bound is known.",
     "Rel gain": "G_rel = mean((q' - q) / (q + 1)) of the worst attack.",
     "R": "Robustness score mean(log10(max(1-q, q) / (|q - q'| + 1e-6))) of the worst attack; "
     "higher is more robust, about 6 for an unchanged score.",
@@ -143,6 +146,7 @@ _WORST_COLS = {
     "srocc_attacked": "srocc_attacked",
     "plcc_logistic_attacked": "plcc_logistic_attacked",
     "n_pairs": "n_images",
+    "certified_gain": "certified_gain",
     "effect": "effect",
 }
 
@@ -721,6 +725,7 @@ def _ranked_rows(group: pd.DataFrame) -> list[list[tuple[str, bool]]]:
                 ),
                 (str(r["worst_attack"]), False),
                 (fmt_ci(r["abs_gain"], r["abs_gain_low"], r["abs_gain_high"], 4), True),
+                (fmt_num(r["certified_gain"], 4), True),
                 (fmt_num(r["rel_gain"], 4), True),
                 (fmt_num(r["robustness"], 2), True),
                 (fmt_num(r["wasserstein"], 4), True),
@@ -737,7 +742,7 @@ def _ranked_rows(group: pd.DataFrame) -> list[list[tuple[str, bool]]]:
 
 _RANKED_HEADERS = [
     "Rank", "Model", "Source", "Kind", "Gradient", "Params", "Clean SROCC", "Clean PLCC",
-    "Worst attack", "Abs gain", "Rel gain", "R", "W1", "Attacked SROCC", "Images",
+    "Worst attack", "Abs gain", "Certified cap", "Rel gain", "R", "W1", "Attacked SROCC", "Images",
     "Attacks run", "N/A", "Failed", "Note",
 ]  # fmt: skip
 

@@ -192,6 +192,7 @@ class GroupContext:
     gradient_ok: bool | None = None
     gradient_reason: str = ""
     clean: dict[str, float] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) of the first batch, for bounds
 
     def batches(self) -> Iterator[Batch]:
         device = torch.device(self.cfg.device)
@@ -218,6 +219,8 @@ class GroupContext:
         return batch.refs
 
     def clean_scores(self, batch: Batch, ref: torch.Tensor | None) -> np.ndarray:
+        if self.input_shape is None:
+            self.input_shape = tuple(batch.images.shape[1:])
         missing = [i for i in batch.ids if i not in self.clean]
         if missing:
             if self.gradient_ok is None:
@@ -325,6 +328,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             "batch_size": ctx.cfg.batch_size,
             "skipped_images": dict(ctx.dataset.skipped),
             "attack_source": ctx.source.name if ctx.source else None,
+            "input_shape": list(ctx.input_shape) if ctx.input_shape else None,
         }
         | ({"attack_runtime": attack.runtime()} if hasattr(attack, "runtime") else {}),
         example_delta=example[0] if example and status == "done" else None,

@@ -17,6 +17,7 @@ Conventions that hold for every function here:
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -456,6 +457,23 @@ GAIN_STATS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def certified_gain(
+    info: dict[str, Any], eps: float, norm: str, input_shape: Sequence[int] | None
+) -> float:
+    """Cap on the normalised gain of any perturbation in the ball: L * radius_L2 / range width.
+
+    Needs a certified L2 Lipschitz bound (`extra.certified.lipschitz`, from a RobustBlock
+    model's card) and a declared score range; an L_inf ball of radius eps in D = C*H*W
+    dimensions lies in the L2 ball of radius eps * sqrt(D).
+    """
+    lipschitz = ((info.get("extra") or {}).get("certified") or {}).get("lipschitz")
+    score_range = info.get("score_range")
+    if not lipschitz or not score_range or not input_shape:
+        return float("nan")
+    radius = eps * math.sqrt(math.prod(input_shape)) if norm == "linf" else eps
+    return float(lipschitz) * radius / (float(score_range[1]) - float(score_range[0]))
+
+
 def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Every score of one cell as a flat dict (one row of the per-cell table).
 
@@ -548,6 +566,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
     out["logistic_params"] = fit.params
 
     # perturbation size and cost
+    out["certified_gain"] = certified_gain(info, cell.key.eps, norm, cell.meta.get("input_shape"))
     out["mean_linf"] = _mean_finite(cell.linf)
     out["max_linf"] = _max_finite(cell.linf)
     out["mean_l2"] = _mean_finite(cell.l2)

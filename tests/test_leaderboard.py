@@ -234,3 +234,33 @@ def test_terminal_table_lists_every_model():
     assert "1 failed cell(s):" in text and "CUDA out of memory" in text
     sturdy = next(line for line in lines if " sturdy " in line)
     assert "fgsm" in sturdy and "0.0300" in sturdy
+
+
+def test_certified_cap_shown_where_a_bound_is_known(tmp_path):
+    import dataclasses
+
+    from benchmark.scores import certified_gain
+
+    info = {"score_range": [0, 2], "extra": {"certified": {"lipschitz": 0.5}}}
+    assert certified_gain(info, 8 / 255, "linf", [3, 8, 8]) == pytest.approx(
+        0.5 * 8 / 255 * math.sqrt(192) / 2
+    )
+    assert math.isnan(certified_gain({"score_range": [0, 1]}, 8 / 255, "linf", [3, 8, 8]))
+    assert math.isnan(certified_gain(info | {"score_range": None}, 8 / 255, "linf", [3, 8, 8]))
+    cell = make_cell("robust", "ifgsm", 0.01)
+    cell = dataclasses.replace(
+        cell,
+        model_info={
+            **cell.model_info,
+            "score_range": [0, 100],
+            "extra": {"certified": {"lipschitz": 2.0}},
+        },
+        meta={**cell.meta, "input_shape": [3, 4, 4]},
+    )
+    tables = build_tables([cell, make_cell("plain", "ifgsm", 0.02)], n_boot=NB)
+    row = tables.ranked.set_index("model")
+    cap = 2.0 * (8 / 255) * math.sqrt(48) / 100
+    assert row.loc["robust", "certified_gain"] == pytest.approx(cap)
+    assert math.isnan(row.loc["plain", "certified_gain"])
+    html = render_html([cell], tmp_path / "x.html", n_boot=NB).read_text()
+    assert "Certified cap" in html and f"{cap:.4f}" in html
