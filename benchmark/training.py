@@ -180,7 +180,7 @@ def _batches(
 
 
 def _safe_torch_load() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """A torch.load that never unpickles code (pyiqa's own loader passes weights_only=False)."""
+    """A torch.load that never unpickles code (pyiqa's own loader would allow full unpickling)."""
     original = torch.load
 
     def load(*args: Any, **kwargs: Any) -> Any:

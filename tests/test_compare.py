@@ -6,29 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmark.cli import main
 from benchmark.compare import paired_difference
 from benchmark.models.registry import create_model
 from benchmark.results import CellKey, CellResult
-
-
-def make_kadid(root: Path, n_refs: int = 4) -> Path:
-    rng = np.random.default_rng(3)
-    (root / "images").mkdir(parents=True)
-    lines = ["dist_img,ref_img,dmos,var"]
-    for r in range(1, n_refs + 1):
-        ref = rng.uniform(40, 215, (40, 40, 3))
-        Image.fromarray(ref.astype(np.uint8)).save(root / "images" / f"I{r:02d}.png")
-        for d in (1, 2, 3):
-            noisy = np.clip(ref + rng.normal(0, 8 * d, ref.shape), 0, 255)
-            Image.fromarray(noisy.astype(np.uint8)).save(
-                root / "images" / f"I{r:02d}_{d:02d}_01.png"
-            )
-            lines.append(f"I{r:02d}_{d:02d}_01.png,I{r:02d}.png,{5 - d + 0.1 * r:.2f},0.4")
-    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def _cell(model: str, gains: np.ndarray) -> CellResult:
@@ -64,8 +46,8 @@ def test_purified_defense_keeps_gradients_through_bpda():
     assert x.grad is not None and x.grad.abs().sum() > 0  # attacked through the approximation
 
 
-def test_compare_end_to_end(tmp_path: Path, capsys):
-    data = make_kadid(tmp_path / "kadid")
+def test_compare_end_to_end(tmp_path: Path, capsys, make_kadid):
+    data = make_kadid(tmp_path / "kadid", n_refs=4, size=(40, 40), levels=3)
     out = tmp_path / "cmp"
     argv = ["-q", "compare", "--defense", "blur1.5+gmsd", "--attacks", "ifgsm", "--eps", "4/255",
             "--dataset", "kadid10k", "--data-root", str(data), "--split", "all", "--param", "steps=3",
@@ -81,9 +63,9 @@ def test_compare_end_to_end(tmp_path: Path, capsys):
     assert baseline_gain > 0 and defense_gain != baseline_gain
 
 
-def test_compare_the_shipped_example_defense(tmp_path: Path, capsys):
+def test_compare_the_shipped_example_defense(tmp_path: Path, capsys, make_kadid):
     example = Path(__file__).resolve().parent.parent / "examples" / "median_defense.py"
-    data = make_kadid(tmp_path / "kadid", n_refs=2)
+    data = make_kadid(tmp_path / "kadid", n_refs=2, size=(40, 40), levels=3)
     argv = ["-q", "compare", "--defense", f"{example}:MedianDefense", "--attacks", "fgsm,ifgsm",
             "--eps", "4/255", "--dataset", "kadid10k", "--data-root", str(data), "--split", "all",
             "-o", str(tmp_path / "cmp")]  # fmt: skip

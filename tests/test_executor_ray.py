@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmark.runner import RunConfig, run
 from benchmark.store import ResultStore
@@ -14,25 +13,8 @@ from benchmark.store import ResultStore
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]'")
 
 
-def make_kadid(root: Path) -> Path:
-    rng = np.random.default_rng(2)
-    (root / "images").mkdir(parents=True)
-    lines = ["dist_img,ref_img,dmos,var"]
-    for r in (1, 2):
-        ref = rng.uniform(40, 215, (32, 32, 3))
-        Image.fromarray(ref.astype(np.uint8)).save(root / "images" / f"I{r:02d}.png")
-        for d in (1, 2):
-            noisy = np.clip(ref + rng.normal(0, 10 * d, ref.shape), 0, 255)
-            Image.fromarray(noisy.astype(np.uint8)).save(
-                root / "images" / f"I{r:02d}_{d:02d}_01.png"
-            )
-            lines.append(f"I{r:02d}_{d:02d}_01.png,I{r:02d}.png,{4 - d + 0.1 * r:.2f},0.4")
-    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
-def test_ray_equals_local(tmp_path: Path):
-    data = make_kadid(tmp_path / "kadid")
+def test_ray_equals_local(tmp_path: Path, make_kadid):
+    data = make_kadid(tmp_path / "kadid", n_refs=2, size=(32, 32))
     cfg = RunConfig(
         models=("ssim", "gmsd", "piqe"),
         attacks=("ifgsm", "pgd"),

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmark.results import PER_IMAGE_FIELDS, CellKey, CellResult
 from benchmark.store import ResultStore
@@ -21,23 +20,6 @@ from benchmark.store import ResultStore
 pytestmark = pytest.mark.slow
 
 KILLS = 20
-
-
-def make_kadid(root: Path, n_refs: int = 2) -> Path:
-    rng = np.random.default_rng(1)
-    (root / "images").mkdir(parents=True)
-    lines = ["dist_img,ref_img,dmos,var"]
-    for r in range(1, n_refs + 1):
-        ref = rng.uniform(40, 215, (32, 40, 3))
-        Image.fromarray(ref.astype(np.uint8)).save(root / "images" / f"I{r:02d}.png")
-        for d in (1, 2):
-            noisy = np.clip(ref + rng.normal(0, 10 * d, ref.shape), 0, 255)
-            Image.fromarray(noisy.astype(np.uint8)).save(
-                root / "images" / f"I{r:02d}_{d:02d}_01.png"
-            )
-            lines.append(f"I{r:02d}_{d:02d}_01.png,I{r:02d}.png,{4 - d + 0.1 * r:.2f},0.4")
-    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def command(data: Path, out: Path) -> list[str]:
@@ -57,8 +39,8 @@ def snapshot(path: Path) -> dict:
     }
 
 
-def test_kill_nine_then_resume_loses_and_changes_nothing(tmp_path: Path):
-    data = make_kadid(tmp_path / "kadid")
+def test_kill_nine_then_resume_loses_and_changes_nothing(tmp_path: Path, make_kadid):
+    data = make_kadid(tmp_path / "kadid", n_refs=2, size=(40, 32))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     reference = tmp_path / "reference.h5"
     subprocess.run(command(data, reference), check=True, env=env, capture_output=True, timeout=600)

@@ -7,30 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from benchmark.cli import main
 from benchmark.models.base import IQAModel, ModelInfo
 from benchmark.runner import check_gradient
 from benchmark.store import ResultStore
-
-
-def make_kadid(root: Path, n_refs: int = 3, size: tuple[int, int] = (48, 40)) -> Path:
-    """A KADID-10k layout (dmos.csv + images/) with textured images and noisy distortions."""
-    rng = np.random.default_rng(0)
-    lines = ["dist_img,ref_img,dmos,var"]
-    (root / "images").mkdir(parents=True)
-    for r in range(1, n_refs + 1):
-        ref = rng.uniform(40, 215, (size[1], size[0], 3))
-        Image.fromarray(ref.astype(np.uint8)).save(root / "images" / f"I{r:02d}.png")
-        for d in (1, 2):
-            noisy = np.clip(ref + rng.normal(0, 12 * d, ref.shape), 0, 255)
-            name = f"I{r:02d}_{d:02d}_01.png"
-            Image.fromarray(noisy.astype(np.uint8)).save(root / "images" / name)
-            lines.append(f"{name},I{r:02d}.png,{5 - 1.5 * d + 0.1 * r:.2f},0.4")
-    (root / "dmos.csv").write_text("\n".join(lines) + "\n")
-    return root
-
 
 PLUGINS = '''
 import torch
@@ -48,7 +29,7 @@ class Exploding(torch.nn.Module):
 
 
 @pytest.fixture()
-def setup(tmp_path: Path) -> dict[str, str]:
+def setup(tmp_path: Path, make_kadid) -> dict[str, str]:
     data = make_kadid(tmp_path / "kadid")
     plugin = tmp_path / "plugins.py"
     plugin.write_text(PLUGINS)

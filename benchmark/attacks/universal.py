@@ -23,6 +23,7 @@ eps and one trained artifact serves every budget of a model.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -97,13 +98,13 @@ class UniversalAttack(TrainedAttack):
     def _setup(self, device: torch.device, rng: torch.Generator) -> None:
         """Create the trainable state."""
 
+    @abstractmethod
     def _current(self) -> torch.Tensor:
         """The perturbation as a differentiable (1,3,S,S) tensor within train_eps."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _step(self, delta: torch.Tensor, loss: torch.Tensor) -> None:
         """Update the trainable state from the loss (negated mean objective)."""
-        raise NotImplementedError
 
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         return {}
