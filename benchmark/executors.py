@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from benchmark.attacks.base import Attack
 from benchmark.errors import BenchmarkError, ConfigError, ModelUnavailable
-from benchmark.results import CellKey
+from benchmark.results import CellKey, CellResult
 
 log = logging.getLogger(__name__)
 
@@ -26,25 +26,17 @@ TASK_RETRIES = 3
 
 
 def _cell_task(cfg: Any, model_name: str, attack_name: str, eps: float, direction: str) -> Any:
-    """Runs on a Ray worker: one cell from scratch. Returns (CellResult, hash) or an error line."""
-    from benchmark.datasets.registry import create_dataset
-    from benchmark.models.registry import create_model
-    from benchmark.runner import GroupContext, config_hash, make_attack, run_cell
+    """Runs on a Ray worker: one cell from scratch, through the local group runner."""
+    from benchmark.runner import cell_key, make_attack, run_group
 
     attack = make_attack(cfg, attack_name, eps, direction)
+    done: list[tuple[CellResult, str]] = []
     try:
-        model = create_model(model_name, cfg.device)
+        run_group(cfg, model_name, [(cell_key(cfg, model_name, attack), attack)],
+                  lambda cell, chash: done.append((cell, chash)), progress=False)  # fmt: skip
     except ModelUnavailable as exc:
         return ("unavailable", str(exc))
-    dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
-    source = None
-    label = attack.info.name
-    if cfg.attack_source and cfg.attack_source != model_name:
-        source = create_model(cfg.attack_source, cfg.device)
-        label = f"{label}@{cfg.attack_source}"
-    key = CellKey(model_name, cfg.dataset, label, attack.eps, direction)
-    cell = run_cell(GroupContext(model, dataset, cfg, source), key, attack, progress=False)
-    return ("done", (cell, config_hash(cfg, attack)))
+    return ("done", done[0])
 
 
 def _init_ray(address: str | None) -> Any:

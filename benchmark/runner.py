@@ -98,12 +98,16 @@ def plan_cells(cfg: RunConfig) -> list[tuple[CellKey, Attack]]:
             for eps in eps_values:
                 for direction in cfg.directions:
                     attack = make_attack(cfg, attack_name, eps, direction)
-                    label = attack.info.name
-                    if cfg.attack_source and cfg.attack_source != model:
-                        label = f"{label}@{cfg.attack_source}"
-                    key = CellKey(model, cfg.dataset, label, attack.eps, direction)
-                    cells.append((key, attack))
+                    cells.append((cell_key(cfg, model, attack), attack))
     return cells
+
+
+def cell_key(cfg: RunConfig, model: str, attack: Attack) -> CellKey:
+    """Transfer cells are named `<attack>@<source>`: their numbers differ from white-box ones."""
+    label = attack.info.name
+    if cfg.attack_source and cfg.attack_source != model:
+        label = f"{label}@{cfg.attack_source}"
+    return CellKey(model, cfg.dataset, label, attack.eps, attack.direction)
 
 
 def attack_record(attack: Attack) -> dict[str, Any]:

@@ -122,11 +122,8 @@ def test_run_training_writes_a_card_that_reloads_to_identical_scores(
     assert torch.equal(model.score(x), load_zoo_model(card_path).score(x))
 
 
-def test_checkpoint_loading_never_unpickles(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    net = build_arch("resnet_small", widths=[8, 16])
-    save_checkpoint(net, tmp_path / "model.safetensors")
+def write_small_card(folder: Path, widths: list[int]) -> dict:
+    """A zoo card for a tiny resnet_small whose checkpoint is folder/model.safetensors."""
     card = {
         "name": "t",
         "source": "zoo",
@@ -134,9 +131,18 @@ def test_checkpoint_loading_never_unpickles(
         "kind": "NR",
         "lower_better": False,
         "checkpoint": "model.safetensors",
-        "arch_params": {"widths": [8, 16]},
+        "arch_params": {"widths": widths},
     }
-    write_toml(tmp_path / "card.toml", card)
+    write_toml(folder / "card.toml", card)
+    return card
+
+
+def test_checkpoint_loading_never_unpickles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = build_arch("resnet_small", widths=[8, 16])
+    save_checkpoint(net, tmp_path / "model.safetensors")
+    write_small_card(tmp_path, [8, 16])
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("torch.load must not be used for zoo checkpoints")
@@ -156,16 +162,7 @@ def test_checkpoint_loading_never_unpickles(
 
 def test_corrupt_and_mismatched_checkpoints_give_clear_errors(tmp_path: Path) -> None:
     save_checkpoint(build_arch("resnet_small", widths=[8, 16]), tmp_path / "model.safetensors")
-    card = {
-        "name": "t",
-        "source": "zoo",
-        "arch": "resnet_small",
-        "kind": "NR",
-        "lower_better": False,
-        "checkpoint": "model.safetensors",
-        "arch_params": {"widths": [8, 32]},
-    }
-    write_toml(tmp_path / "card.toml", card)
+    card = write_small_card(tmp_path, [8, 32])
     with pytest.raises(CheckpointError, match="does not match its architecture.*shape mismatch"):
         load_zoo_model(tmp_path / "card.toml")
     write_toml(tmp_path / "card.toml", {**card, "arch": "cnniqa", "arch_params": {"patch": 32}})

@@ -34,7 +34,8 @@ from benchmark.attacks.artifacts import (
     training_batches,
 )
 from benchmark.attacks.base import AttackInfo, Direction
-from benchmark.attacks.iterative import finite_grad, finite_mean
+from benchmark.attacks.iterative import finite_mean
+from benchmark.attacks.utils import positive_float, positive_int, zero_nonfinite
 from benchmark.errors import CheckpointError, ConfigError, DataError
 from benchmark.models.base import IQAModel
 
@@ -94,23 +95,11 @@ def generator_params(params: Mapping[str, Any], where: str) -> tuple[int, int, i
     return out[0], out[1], out[2]
 
 
-def positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def positive_float(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ConfigError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
-
-
 def sanitize_grads(module: nn.Module) -> None:
     """Zero non-finite parameter gradients (metrics with undefined gradients at some pixels)."""
     for p in module.parameters():
         if p.grad is not None:
-            p.grad = finite_grad(p.grad)
+            p.grad = zero_nonfinite(p.grad)
 
 
 def state_tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ not depend on the rest of its batch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -22,8 +21,7 @@ import torchattacks
 from torch import nn
 
 from benchmark.attacks.base import Attack, AttackInfo, Direction
-from benchmark.attacks.utils import image_keys, resolve_step
-from benchmark.errors import ConfigError
+from benchmark.attacks.utils import boolean, image_keys, non_negative, positive_int, resolve_step
 from benchmark.models.base import IQAModel
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -51,10 +49,10 @@ class SignedGradientAttack(Attack):
         super().__init__(info, eps, direction, seed, **params)
         settings = {**self.params, **self.fixed}
         where = f"attack {info.name!r}"
-        self.steps = _positive_int(settings["steps"], f"{where}: steps")
+        self.steps = positive_int(settings["steps"], f"{where}: steps")
         self.alpha = resolve_step(settings["alpha"], self.eps, f"{where}: alpha")
-        self.momentum = _non_negative(settings["momentum"], f"{where}: momentum")
-        self.random_start = _boolean(settings["random_start"], f"{where}: random_start")
+        self.momentum = non_negative(settings["momentum"], f"{where}: momentum")
+        self.random_start = boolean(settings["random_start"], f"{where}: random_start")
 
     def config(self) -> dict[str, Any]:
         """The card's params plus what they resolve to (alpha in absolute units)."""
@@ -170,21 +168,3 @@ class PGD(SignedGradientAttack):
             generator = torch.Generator(device=x.device).manual_seed(key)
             noise[i].uniform_(-self.eps, self.eps, generator=generator)
         return noise
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return value
-
-
-def _non_negative(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
-        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _boolean(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{what} must be true or false, got {value!r}")
-    return value

@@ -17,16 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attacks.base import Attack, AttackInfo, Direction
-from benchmark.attacks.gradient import _boolean, _non_negative, _positive_int
-from benchmark.attacks.utils import image_keys, resolve_step
+from benchmark.attacks.utils import (
+    boolean,
+    image_keys,
+    non_negative,
+    positive_float,
+    positive_int,
+    resolve_step,
+    zero_nonfinite,
+)
 from benchmark.errors import ConfigError
 from benchmark.models.base import IQAModel
-
-
-def finite_grad(grad: torch.Tensor) -> torch.Tensor:
-    """Zero where a metric's gradient is undefined (NaN/inf: NLPD at x == ref, MAD), so those
-    pixels stay put instead of turning the whole image into NaN."""
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def finite_mean(value: torch.Tensor) -> torch.Tensor | None:
@@ -51,7 +52,7 @@ class IterativeAttack(Attack):
     ) -> None:
         super().__init__(info, eps, direction, seed, **params)
         self.where = f"attack {info.name!r}"
-        self.steps = _positive_int(self.params["steps"], f"{self.where}: steps")
+        self.steps = positive_int(self.params["steps"], f"{self.where}: steps")
 
     def _value_and_grad(
         self, model: IQAModel, adv: torch.Tensor, ref: torch.Tensor | None
@@ -60,7 +61,7 @@ class IterativeAttack(Attack):
         adv = adv.detach().requires_grad_(True)
         value = self.objective(model, adv, ref)
         (grad,) = torch.autograd.grad(value.sum(), adv)
-        return value.detach(), finite_grad(grad)
+        return value.detach(), zero_nonfinite(grad)
 
     def _project(self, x: torch.Tensor, adv: torch.Tensor) -> torch.Tensor:
         return (x + (adv - x).clamp(-self.eps, self.eps)).clamp(0, 1)
@@ -78,7 +79,7 @@ class AMIFGSM(IterativeAttack):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.momentum = _non_negative(self.params["momentum"], f"{self.where}: momentum")
+        self.momentum = non_negative(self.params["momentum"], f"{self.where}: momentum")
         self.alpha = self.eps / self.steps
 
     def _perturb(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
@@ -125,10 +126,7 @@ class Korhonen(IterativeAttack):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        lr = self.params["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
-            raise ConfigError(f"{self.where}: lr must be a positive number, got {lr!r}")
-        self.lr = float(lr)
+        self.lr = positive_float(self.params["lr"], f"{self.where}: lr")
 
     def _perturb(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
         mask = activity_map(x)
@@ -137,7 +135,7 @@ class Korhonen(IterativeAttack):
         for _ in range(self.steps):
             value = self.objective(model, adv, ref)
             (grad,) = torch.autograd.grad(-value.sum(), adv)
-            adv.grad = finite_grad(grad) * mask
+            adv.grad = zero_nonfinite(grad) * mask
             optimizer.step()
             with torch.no_grad():
                 adv.copy_(self._project(x, adv))
@@ -210,7 +208,7 @@ class APGD(IterativeAttack):
         if isinstance(rho, bool) or not isinstance(rho, int | float) or not 0 < rho <= 1:
             raise ConfigError(f"{self.where}: rho must lie in (0, 1], got {rho!r}")
         self.rho = float(rho)
-        self.random_start = _boolean(self.params["random_start"], f"{self.where}: random_start")
+        self.random_start = boolean(self.params["random_start"], f"{self.where}: random_start")
 
     def _random_start(self, x: torch.Tensor) -> torch.Tensor:
         noise = torch.empty_like(x)

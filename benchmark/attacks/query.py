@@ -23,8 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from benchmark.attacks.base import Attack, AttackInfo, Direction
-from benchmark.attacks.gradient import _positive_int
-from benchmark.attacks.utils import image_keys
+from benchmark.attacks.utils import image_keys, positive_int
 from benchmark.errors import ConfigError
 from benchmark.models.base import IQAModel
 
@@ -62,7 +61,7 @@ class Square(Attack):
     ) -> None:
         super().__init__(info, eps, direction, seed, **params)
         where = f"attack {info.name!r}"
-        self.queries = _positive_int(self.params["queries"], f"{where}: queries")
+        self.queries = positive_int(self.params["queries"], f"{where}: queries")
         p = self.params["p_init"]
         if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
             raise ConfigError(f"{where}: p_init must lie in (0, 1], got {p!r}")

@@ -41,13 +41,11 @@ from benchmark.attacks.facpa import (
     UNetGenerator,
     generator_params,
     load_state,
-    positive_float,
-    positive_int,
     sanitize_grads,
     state_tensors,
 )
-from benchmark.attacks.iterative import finite_grad, finite_mean
-from benchmark.attacks.utils import resolve_step
+from benchmark.attacks.iterative import finite_mean
+from benchmark.attacks.utils import positive_float, positive_int, resolve_step, zero_nonfinite
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.models.base import IQAModel
 
@@ -177,7 +175,7 @@ class UAP(UniversalAttack):
     def _step(self, delta: torch.Tensor, loss: torch.Tensor) -> None:
         self._optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self._delta.grad = finite_grad(self._delta.grad)
+        self._delta.grad = zero_nonfinite(self._delta.grad)
         self._optimizer.step()
         with torch.no_grad():
             self._delta.clamp_(-self.train_eps, self.train_eps)
@@ -204,7 +202,7 @@ class CumulativeUAP(UniversalAttack):
     def _step(self, delta: torch.Tensor, loss: torch.Tensor) -> None:
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
-            self._delta = (self._delta - self.alpha * finite_grad(grad).sign()).clamp(
+            self._delta = (self._delta - self.alpha * zero_nonfinite(grad).sign()).clamp(
                 -self.train_eps, self.train_eps
             )
 

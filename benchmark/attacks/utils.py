@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 from collections.abc import Iterator
 from fractions import Fraction
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,7 +26,12 @@ class _FiniteGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        return zero_nonfinite(grad)
+
+
+def zero_nonfinite(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient with NaN/inf entries set to 0 (where a metric's gradient is undefined)."""
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def finite_grad(x: torch.Tensor) -> torch.Tensor:
@@ -122,3 +129,30 @@ def resolve_step(value: str | float | int, eps: float, what: str = "alpha") -> f
             raise ConfigError(f"{what} {value!r} is {step:.4g} at eps {eps:.4g}; it must be <= 1")
         return step
     return parse_budget(value, what)
+
+
+# -- card parameter validation (one message style for every attack) -----------------------
+
+
+def positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def positive_float(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ConfigError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def non_negative(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+        raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false, got {value!r}")
+    return value
