@@ -14,7 +14,9 @@ def parse_budget(value: str | float | int, what: str = "eps") -> float:
     try:
         x = float(Fraction(value.strip())) if isinstance(value, str) else float(value)
     except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"{what} must be a number or a fraction like 8/255, got {value!r}") from None
+        raise ConfigError(
+            f"{what} must be a number or a fraction like 8/255, got {value!r}"
+        ) from None
     if not (0.0 < x <= 1.0):
         raise ConfigError(f"{what} must lie in (0, 1] (images are in [0,1]), got {value!r}")
     return x

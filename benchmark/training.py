@@ -282,7 +282,7 @@ def _val_srocc(net: nn.Module, val: InMemory, cfg: TrainConfig) -> float:
     with torch.no_grad():
         for start in range(0, len(val), cfg.eval_batch):
             x = torch.stack(val.images[start : start + cfg.eval_batch]).float().div_(255.0)
-            out.append(net(x.to(cfg.device)).reshape(x.shape[0], -1).mean(dim=1).double().cpu())
+            out.append(predict(net, x.to(cfg.device)).double().cpu())
     net.train()
     scores = torch.cat(out).numpy()
     if not np.all(np.isfinite(scores)):
@@ -292,27 +292,51 @@ def _val_srocc(net: nn.Module, val: InMemory, cfg: TrainConfig) -> float:
     return srocc(scores, val.mos.numpy())
 
 
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(net, images, mos) -> scalar loss: what one training step minimises."""
+
+
+def l1_objective(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The zoo's loss: L1 between the (patch-averaged) prediction and the image's MOS."""
+    return nn.functional.l1_loss(predict(net, x), y)
+
+
+def predict(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One score per image, whatever shape the network returns."""
+    return net(x).reshape(x.shape[0], -1).mean(dim=1)
+
+
 def train_model(
-    cfg: TrainConfig, train: InMemory, val: InMemory, max_steps: int | None = None
+    cfg: TrainConfig,
+    train: InMemory,
+    val: InMemory,
+    max_steps: int | None = None,
+    net: nn.Module | None = None,
+    objective: Objective = l1_objective,
 ) -> TrainResult:
     """Train from the seed; return the network at its best validation epoch.
 
-    `max_steps` cuts each run short (tests); the schedule still spans the full run.
+    `net` continues training a given network (fine-tuning: RobustBlock steps, defenses)
+    instead of building `cfg.arch` afresh; `objective` replaces the L1 loss (adversarial
+    training, gradient-norm penalties). `max_steps` cuts each run short (tests); the
+    schedule still spans the full run.
     """
     from benchmark.models.archs import build_arch
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
-    net = build_arch(cfg.arch, **cfg.arch_params)
-    if cfg.init:
-        init_from_pyiqa(net, cfg.init.split(":", 1)[1])
+    if net is None:
+        net = build_arch(cfg.arch, **cfg.arch_params)
+        if cfg.init:
+            init_from_pyiqa(net, cfg.init.split(":", 1)[1])
+    for p in net.parameters():
+        p.requires_grad_(True)
     net.to(cfg.device).train()
     gen = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = math.ceil(len(train) * cfg.patches / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.lr * 0.01)
-    loss_fn = nn.L1Loss()
     best_state, best_epoch, best_val = copy.deepcopy(net.state_dict()), 0, -math.inf
     history: list[dict[str, float]] = []
     losses: list[float] = []
@@ -325,8 +349,7 @@ def train_model(
             running = 0.0
             n = 0
             for x, y in _batches(train, cfg, gen):
-                pred = net(x.to(cfg.device)).reshape(x.shape[0], -1).mean(dim=1)
-                loss = loss_fn(pred, y.to(cfg.device))
+                loss = objective(net, x.to(cfg.device), y.to(cfg.device))
                 if not torch.isfinite(loss):
                     raise NonFiniteScore(
                         f"training loss became {loss.item()} at step {step}; lower --lr"
@@ -344,11 +367,11 @@ def train_model(
                     break
             val_srocc = _val_srocc(net, val, cfg)
             history.append(
-                {"epoch": epoch, "train_l1": running / max(n, 1), "val_srocc": val_srocc}
+                {"epoch": epoch, "train_loss": running / max(n, 1), "val_srocc": val_srocc}
             )
-            bar.set_postfix(l1=f"{running / max(n, 1):.4f}", val_srocc=f"{val_srocc:.4f}")
+            bar.set_postfix(loss=f"{running / max(n, 1):.4f}", val_srocc=f"{val_srocc:.4f}")
             log.info(
-                "epoch %d: train L1 %.4f, val SROCC %.4f", epoch, running / max(n, 1), val_srocc
+                "epoch %d: train loss %.4f, val SROCC %.4f", epoch, running / max(n, 1), val_srocc
             )
             if val_srocc > best_val:
                 best_val, best_epoch = val_srocc, epoch

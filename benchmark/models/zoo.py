@@ -34,6 +34,8 @@ CARD_FIELDS = {
     "evaluation": ((dict,), False),
     "steps": ((list, dict), False),
     "certified": ((dict,), False),
+    "robust": ((dict,), False),
+    "defense": ((dict,), False),
 }
 
 
@@ -115,14 +117,30 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], path: Pat
     module.load_state_dict(state, strict=True)
 
 
-def load_zoo_model(card_path: Path, device: str | torch.device = "cpu") -> IQAModel:
+def build_network(card: dict[str, Any]) -> torch.nn.Module:
+    """The card's network with its checkpoint loaded (eval mode, gradients on for training).
+
+    A `[robust]` table means the base architecture converted to RobustBlocks
+    (`benchmark.robust.pipeline.convert_network`); its layer widths, which pruning may have
+    reduced, are read from the checkpoint's tensor shapes, so the file alone defines them.
+    """
     from benchmark.models.archs import build_arch
 
-    card = read_model_card(card_path)
     net = build_arch(card["arch"], **card.get("arch_params", {}))
-    ckpt = card_path.parent / card["checkpoint"]
-    load_into(net, load_state(ckpt), ckpt)
-    net.eval()
+    ckpt = card["_path"].parent / card["checkpoint"]
+    state = load_state(ckpt)
+    if "robust" in card:
+        from benchmark.robust.pipeline import convert_network, resize_to_state
+
+        net, _ = convert_network(net, init_from_base=False)
+        resize_to_state(net, state, ckpt)
+    load_into(net, state, ckpt)
+    return net.eval()
+
+
+def load_zoo_model(card_path: Path, device: str | torch.device = "cpu") -> IQAModel:
+    card = read_model_card(card_path)
+    net = build_network(card)
     for p in net.parameters():
         p.requires_grad_(False)
     sr = card.get("score_range")

@@ -1,0 +1,98 @@
+"""The RobustBlock pipeline on zoo models: convert -> train -> prune -> fine-tune -> card.
+
+`python -m benchmark robustify --base <zoo model> [--tau T | --prune-fraction F] -o
+models/robust-<base>` takes a shipped zoo model, converts its network to RobustBlocks
+(`robustify`, orthogonal layers initialised from the nearest orthogonal projection of the
+trained weights), trains it with the zoo recipe, prunes output channels whose mean |w| is
+below tau, fine-tunes, and writes a checkpoint plus a card that records every step's
+held-out SROCC/PLCC, parameter counts, the exact command and the certified Lipschitz bound.
+
+The card stores no architecture beyond the base's: the loader converts the base
+architecture again and reads the pruned widths from the checkpoint's tensor shapes
+(`resize_to_state`), so a card can never disagree with its file.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmark.errors import CheckpointError
+from benchmark.robust.convert import RobustifyReport, robustify
+from benchmark.robust.layers import OrthLinear
+from benchmark.robust.orthconv import OrthConv2d
+from benchmark.robust.prune import _PRUNABLE, _slice_layer
+
+__all__ = ["convert_network", "layer_widths", "resize_to_state"]
+
+
+def _core_parent(net: nn.Module) -> tuple[nn.Module | None, str | None, nn.Module]:
+    """(parent, attribute, core): the network inside the PatchAverage/MSCN wrappers.
+
+    Why: the wrappers hold Python control flow on shapes that torch.fx cannot trace, and
+    they carry no weights; converting the core alone lets fx rewrite its functional ReLUs.
+    """
+    from benchmark.models.archs import PatchAverage, WithMSCN
+
+    parent, attr, cur = None, None, net
+    while isinstance(cur, PatchAverage | WithMSCN):
+        parent, attr = cur, ("net" if isinstance(cur, PatchAverage) else "body")
+        cur = getattr(cur, attr)
+    return parent, attr, cur
+
+
+def convert_network(
+    net: nn.Module, init_from_base: bool = True, fit_steps: int = 60
+) -> tuple[nn.Module, RobustifyReport]:
+    """RobustBlock copy of a zoo network (wrappers kept, their core converted)."""
+    outer = copy.deepcopy(net).eval()
+    parent, attr, core = _core_parent(outer)
+    new_core, report = robustify(core, init_from_base=init_from_base, fit_steps=fit_steps)
+    if parent is None:
+        return new_core, report
+    setattr(parent, attr, new_core)
+    return outer, report
+
+
+def resize_to_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Shrink prunable layers in place to the widths of the checkpoint's weights."""
+    for name, layer in list(net.named_modules()):
+        if not isinstance(layer, _PRUNABLE) or f"{name}.weight" not in state:
+            continue
+        have, want = layer.weight.shape, state[f"{name}.weight"].shape
+        if have == want:
+            continue
+        if len(have) != len(want) or have[2:] != want[2:]:
+            raise CheckpointError(
+                f"{path}: {name}.weight has shape {tuple(want)}, incompatible with the "
+                f"architecture's {tuple(have)}"
+            )
+        s2 = layer.stride**2 if isinstance(layer, OrthConv2d) else 1
+        if want[0] > have[0] or want[1] > have[1] or want[1] % s2:
+            raise CheckpointError(
+                f"{path}: {name}.weight has shape {tuple(want)}, wider than the "
+                f"architecture's {tuple(have)}"
+            )
+        keep_out = torch.arange(want[0]) if want[0] != have[0] else None
+        keep_in = torch.arange(want[1] // s2) if want[1] != have[1] else None
+        parent_name, _, attr = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        setattr(parent, attr, _slice_layer(layer, keep_out, keep_in))
+
+
+def layer_widths(net: nn.Module) -> dict[str, list[int]]:
+    """[out, in] per RobustBlock layer: what the card shows of a pruned architecture."""
+    out = {}
+    for name, m in net.named_modules():
+        if isinstance(m, OrthConv2d):
+            out[name] = [m.out_channels, m.in_channels]
+        elif isinstance(m, OrthLinear):
+            out[name] = [m.out_features, m.in_features]
+    return out
+
+
+def n_params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
