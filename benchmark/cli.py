@@ -116,11 +116,13 @@ def _parser() -> argparse.ArgumentParser:
 
     from benchmark.compare import add_compare_parser
     from benchmark.evaluation import add_evaluate_parser
+    from benchmark.robust.pipeline import add_robustify_parser
     from benchmark.training import add_train_parser
 
     add_compare_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_robustify_parser(sub)
 
     bd = sub.add_parser("build-dataset", help="generate the built-in dataset into the cache now")
     bd.add_argument("name", choices=["builtin"])
@@ -226,11 +228,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from benchmark.models.registry import list_models
 
-        header = ("name", "source", "kind", "lower_better", "usable", "why")
+        header = ("name", "source", "base", "kind", "lower_better", "usable", "why")
         rows = [
             (
                 s.name,
                 s.source,
+                s.base or "-",
                 s.kind,
                 str(s.lower_better).lower(),
                 "yes" if s.usable else "no",
@@ -352,11 +355,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return evaluate(args)
 
 
+def cmd_robustify(args: argparse.Namespace) -> int:
+    from benchmark.robust.pipeline import cmd_robustify as robustify
+
+    return robustify(args)
+
+
 COMMANDS = {
     "run": cmd_run,
     "compare": cmd_compare,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "robustify": cmd_robustify,
     "list": cmd_list,
     "leaderboard": cmd_leaderboard,
     "build-dataset": cmd_build_dataset,
