@@ -32,6 +32,7 @@ class ModelStatus:
     lower_better: bool | None
     usable: bool
     reason: str
+    base: str | None = None  # the model a defense or RobustBlock conversion wraps
 
 
 @functools.cache
@@ -140,6 +141,7 @@ def list_models(check: bool = True) -> list[ModelStatus]:
                 meta.get("lower_better"),
                 bool(usable),
                 reason,
+                meta.get("base"),
             )
         )
     return out
