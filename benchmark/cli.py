@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
         help="inflate (up) or deflate (down) the quality",
     )
     r.add_argument("--limit", type=int, default=None, help="attack only the first N images")
+    r.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="attack N images evenly spaced over the split (all photographs and distortions)",
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     r.add_argument("--batch-size", type=int, default=16)
@@ -190,6 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         eps=parse_eps(args.eps),
         directions=("up", "down") if args.direction == "both" else (args.direction,),
         limit=args.limit,
+        sample=args.sample,
         seed=args.seed,
         device=args.device,
         batch_size=args.batch_size,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmark.attacks.artifacts import TrainedAttack
 from benchmark.attacks.base import Attack
 from benchmark.attacks.registry import create_attack
 from benchmark.attacks.utils import seeded_rng
@@ -50,6 +51,7 @@ class RunConfig:
     eps: tuple[float, ...] = ()  # empty: each attack card's default
     directions: tuple[str, ...] = ("up",)
     limit: int | None = None
+    sample: int | None = None  # N images evenly spaced over the split
     seed: int = 0
     device: str = "cpu"
     batch_size: int = 16
@@ -60,6 +62,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be a positive integer, got {self.limit}")
+        if self.sample is not None and self.sample < 1:
+            raise ConfigError(f"--sample must be a positive integer, got {self.sample}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size}")
         for d in self.directions:
@@ -130,6 +134,8 @@ def config_hash(cfg: RunConfig, attack: Attack) -> str:
         "data_root": cfg.data_root,
         "attack_source": cfg.attack_source,
     }
+    if cfg.sample is not None:  # absent otherwise, so earlier stored cells keep their hash
+        record["sample"] = cfg.sample
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -200,7 +206,7 @@ class GroupContext:
 
     def batches(self) -> Iterator[Batch]:
         device = torch.device(self.cfg.device)
-        for b in self.dataset.batches(self.cfg.batch_size, self.cfg.limit):
+        for b in self.dataset.batches(self.cfg.batch_size, self.cfg.limit, self.cfg.sample):
             b.images = b.images.to(device)
             if b.refs is not None:
                 b.refs = b.refs.to(device)
@@ -329,6 +335,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             "wall_s": time.perf_counter() - t_start,
             "split": ctx.dataset.info.split,
             "limit": ctx.cfg.limit,
+            "sample": ctx.cfg.sample,
             "batch_size": ctx.cfg.batch_size,
             "skipped_images": dict(ctx.dataset.skipped),
             "attack_source": ctx.source.name if ctx.source else None,
@@ -352,6 +359,8 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
 
     The training data is named by dataset, root (the built-in one's folder carries its
     recipe hash) and a hash of its image ids, so a cached artifact loads without reading it.
+    An attack that trains on `train_limit()` evenly spaced images gets only those decoded
+    (the images `TrainingData.subset` would pick from the whole split, in the same order).
     """
     train = create_dataset(ctx.cfg.dataset, "train", ctx.cfg.data_root)
     device = torch.device(ctx.cfg.device)
@@ -359,9 +368,10 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
     ids = train.ids()
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     data_id = f"{ctx.cfg.dataset}:train:{getattr(train, 'root', '')}:{len(ids)}:{digest}"
+    limit = attack.train_limit() if isinstance(attack, TrainedAttack) else None
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for b in train.batches(ctx.cfg.batch_size):
+        for b in train.batches(ctx.cfg.batch_size, sample=limit):
             ref = b.refs.to(device) if (b.refs is not None and attacker.info.kind == "FR") else None
             yield b.images.to(device), ref
 

@@ -331,3 +331,19 @@ def test_batches_carry_refs_and_mos(tmp_path: Path) -> None:
     (batch,) = list(ds.batches(8))
     assert batch.images.shape == (4, 3, 48, 64) and batch.refs is not None
     np.testing.assert_allclose(batch.mos.numpy(), [1.35, 1.4, 1.65, 1.7])
+
+
+def test_sample_spreads_over_every_reference_while_limit_takes_the_first(tmp_path: Path) -> None:
+    root = make_kadid(tmp_path / "kadid", n_refs=6)
+    full = create_dataset("kadid10k", split="all", root=root)
+
+    def ids(**kw: int) -> list[str]:
+        return [i for b in full.batches(4, **kw) for i in b.ids]
+
+    first = ids(limit=6)
+    spread_ids = ids(sample=6)
+    assert len(first) == len(spread_ids) == 6
+    assert len({i[:3] for i in first}) == 3  # two images per reference, in order
+    assert {i[:3] for i in spread_ids} == {f"I{r:02d}" for r in range(1, 7)}
+    assert ids(sample=6) == spread_ids  # deterministic
+    assert ids(sample=100) == ids()  # more than there are: all of them

@@ -66,27 +66,44 @@ class IQADataset(ABC):
         return len(self.ids())
 
     def __iter__(self) -> Iterator[Sample]:
+        return self.iter_ids(self.ids())
+
+    def iter_ids(self, ids: list[str]) -> Iterator[Sample]:
+        """Load `ids` in order; unreadable files are recorded in `skipped` and logged."""
         from benchmark.errors import DataError
 
-        for image_id in self.ids():
+        for image_id in ids:
             try:
                 yield self.load(image_id)
             except DataError as exc:
                 self.skipped[image_id] = str(exc)
                 log.warning("skipping %s: %s", image_id, exc)
 
-    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
-        """Consecutive samples of equal shape, at most `batch_size` per batch."""
+    def batches(
+        self, batch_size: int, limit: int | None = None, sample: int | None = None
+    ) -> Iterator[Batch]:
+        """Consecutive samples of equal shape, at most `batch_size` per batch.
+
+        `limit` keeps the first N images; `sample` keeps N images evenly spaced over the
+        split (splits are ordered by source photograph, so the first N may all be one).
+        """
         buf: list[Sample] = []
-        for n, sample in enumerate(self):
+        for n, item in enumerate(self.iter_ids(spread(self.ids(), sample))):
             if limit is not None and n >= limit:
                 break
-            if buf and (buf[0].image.shape != sample.image.shape or len(buf) >= batch_size):
+            if buf and (buf[0].image.shape != item.image.shape or len(buf) >= batch_size):
                 yield collate(buf)
                 buf = []
-            buf.append(sample)
+            buf.append(item)
         if buf:
             yield collate(buf)
+
+
+def spread(ids: list[str], n: int | None) -> list[str]:
+    """`n` ids evenly spaced over `ids` (all of them when n is None or >= len)."""
+    if n is None or n >= len(ids):
+        return list(ids)
+    return [ids[(i * len(ids)) // n] for i in range(n)]
 
 
 def collate(samples: list[Sample]) -> Batch:

@@ -271,9 +271,7 @@ def run_robustify(
     if base_card is None:
         entry = model_registry().get(cfg.base)
         if "card" not in entry.meta:
-            raise ConfigError(
-                f"--base {cfg.base!r} is not a zoo model (it has no card to convert)"
-            )
+            raise ConfigError(f"--base {cfg.base!r} is not a zoo model (it has no card to convert)")
         base_card = Path(entry.meta["card"])
     base = read_model_card(base_card)
     if base["kind"] != "NR":
