@@ -183,3 +183,29 @@ def test_shipped_robust_model_is_smaller_differentiable_and_its_bound_holds(
     shape = (1, 3, 64, 64)
     bound = lipschitz_upper_bound(model.net, shape)
     assert bound is not None and empirical_lipschitz(model.net, shape, n=4) <= bound * (1 + 1e-5)
+
+
+class _Patchify(torch.nn.Module):
+    """Cuts each image into 16x16 patches on the batch axis, like WaDIQaM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.head = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        p = x.unfold(2, 16, 16).unfold(3, 16, 16).permute(0, 2, 3, 1, 4, 5).reshape(-1, 3, 16, 16)
+        h = self.act(self.conv(p)).mean(dim=(2, 3))
+        return self.head(h.reshape(n, -1, h.shape[1])).mean(dim=1).reshape(n)
+
+
+def test_pruning_traces_models_that_cut_images_into_patches_on_the_batch_axis() -> None:
+    from benchmark.robust import prune
+
+    torch.manual_seed(0)
+    robust, _ = convert_network(_Patchify(), init_from_base=False)
+    pruned, report = prune(robust, fraction=0.5, example_input=(2, 3, 32, 48))
+    assert report.removed and report.params_after < report.params_before, report
+    assert pruned(torch.rand(3, 3, 32, 32)).shape == (3,)

@@ -102,6 +102,21 @@ def resize_to_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path) 
         setattr(parent, attr, _slice_layer(layer, keep_out, keep_in))
 
 
+def prune_input_side(net: nn.Module, crop: int, image_side: int) -> int:
+    """Side of the example image on which pruning traces channel couplings: one patch.
+
+    Patch models see one training crop. Models that cut images into patches on the batch
+    axis (WaDIQaM: 32 px, and pyiqa drops the last row and column of patches, so 64 px gives
+    exactly one) are traced on one patch: the couplings are the same and it is far cheaper.
+    """
+    if crop:
+        return crop
+    size = getattr(_core_parent(net)[2], "patch_size", None)
+    if isinstance(size, int) and 0 < 2 * size <= image_side:
+        return 2 * size
+    return image_side
+
+
 def layer_widths(net: nn.Module) -> dict[str, list[int]]:
     """[out, in] per RobustBlock layer: what the card shows of a pruned architecture."""
     out = {}
@@ -290,7 +305,6 @@ def run_robustify(
     train = load_split(split(train_cfg.train_split), cfg.progress)
     val = load_split(split(train_cfg.val_split), cfg.progress)
     img_shape = (1, *train.images[0].shape)
-    patch = train_cfg.crop or img_shape[-1]
     steps: list[dict[str, Any]] = []
 
     def record(step: str, net: nn.Module, minutes: float, **extra: Any) -> None:
@@ -328,6 +342,7 @@ def run_robustify(
     )
 
     t0 = time.time()
+    patch = prune_input_side(net, train_cfg.crop, img_shape[-1])
     example = torch.rand(
         (1, img_shape[1], patch, patch), generator=torch.Generator().manual_seed(0)
     )

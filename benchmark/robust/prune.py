@@ -70,22 +70,26 @@ def _couplings(
     layers = dict(model.named_modules())
     producer = layers[name]
     n_out = producer.weight.shape[0]
-    k = x.shape[0]
     found: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, n_out, chunk):
         chans = list(range(lo, min(n_out, lo + chunk)))
         copies = len(chans) + 1
         captured: dict[str, torch.Tensor] = {}
 
-        def perturb(mod: nn.Module, args: Any, out: torch.Tensor, chans=chans) -> torch.Tensor:
+        # Inside a layer the batch may hold several rows per image (a model that cuts images
+        # into patches on the batch axis): copy c is the c-th block of out.shape[0] // copies.
+        def perturb(
+            mod: nn.Module, args: Any, out: torch.Tensor, chans=chans, copies=copies
+        ) -> torch.Tensor:
             d = _out_dim(mod, out)
             out = out.clone()
+            kk = out.shape[0] // copies
             for i, c in enumerate(chans):
-                out[i * k : (i + 1) * k].narrow(d, c, 1).add_(shift)
+                out[i * kk : (i + 1) * kk].narrow(d, c, 1).add_(shift)
             return out
 
         def freeze(mod: nn.Module, args: Any, out: torch.Tensor, copies=copies) -> torch.Tensor:
-            clean = out[-k:]
+            clean = out[-(out.shape[0] // copies) :]
             return clean.repeat(copies, *([1] * (out.dim() - 1)))
 
         def capture(key: str, store: dict[str, torch.Tensor] = captured):
@@ -106,7 +110,8 @@ def _couplings(
                 h.remove()
         for key, inp in captured.items():
             d = _out_dim(layers[key], inp)
-            diff = (inp.reshape(copies, k, *inp.shape[1:]) - inp[-k:]).abs()[:-1]
+            kk = inp.shape[0] // copies
+            diff = (inp.reshape(copies, kk, *inp.shape[1:]) - inp[-kk:]).abs()[:-1]
             moved = diff.movedim(d + 1, -1).reshape(len(chans), -1, inp.shape[d]).amax(dim=1)
             found.setdefault(key, []).append(moved > 1e-6)
     deps = {key: torch.cat(parts) for key, parts in found.items()}

@@ -1,0 +1,150 @@
+"""Print the README's evidence tables from a results file: base vs RobustBlock vs defenses.
+
+    python benchmarks/evidence_table.py results/evidence.h5 [--timing-images 8]
+
+Every number comes from the stored cells (the same scoring as the leaderboard: worst-case
+absolute gain over the attacks run, bootstrap CIs, robustness score, certified cap) except
+two costs that are not results of an attack: training minutes, read from each model's card,
+and inference time per image, measured here in one process as the median of repeats and
+printed as a ratio to the model's base (the model a defense or conversion wraps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _ci(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
+    if v is None or not math.isfinite(float(v)):
+        return "-"
+    return f"{float(v):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
+
+
+def base_of(name: str) -> str:
+    """The model a defense, purifier or RobustBlock conversion wraps (itself for a base)."""
+    from benchmark.defenses.purifiers import parse_purified
+    from benchmark.models.registry import model_registry
+
+    purified = parse_purified(name)
+    if purified is not None:
+        return base_of(purified[2])
+    if name in model_registry():
+        return model_registry().get(name).meta.get("base") or name
+    return name
+
+
+def training_minutes(name: str) -> float | None:
+    """Minutes on the model's card (wall clock of the command that made it); 0 for purifiers."""
+    from benchmark.cards import read_toml
+    from benchmark.defenses.purifiers import parse_purified
+    from benchmark.models.registry import model_registry
+
+    if parse_purified(name) is not None:
+        return 0.0
+    if name not in model_registry():
+        return None
+    card = model_registry().get(name).meta.get("card")
+    if not card:
+        return None
+    return read_toml(Path(card)).get("training", {}).get("minutes")
+
+
+def inference_ms(names: list[str], n_images: int, repeats: int = 3) -> dict[str, float]:
+    """Median ms per image of clean scoring on the builtin test split, one process."""
+    from benchmark.datasets.registry import create_dataset
+    from benchmark.models.registry import create_model
+
+    ds = create_dataset("builtin", "test")
+    batch = next(iter(ds.batches(n_images, sample=n_images)))
+    out = {}
+    for name in names:
+        model = create_model(name)
+        times = []
+        with torch.inference_mode():
+            model.quality(batch.images[:1], batch.refs[:1] if batch.refs is not None else None)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                model.quality(batch.images, batch.refs)
+                times.append(time.perf_counter() - t0)
+        out[name] = 1000 * statistics.median(times) / len(batch.ids)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmark.leaderboard import build_tables
+    from benchmark.store import read_results
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("results", nargs="+", help="results .h5 files")
+    p.add_argument("--timing-images", type=int, default=8, help="0 skips the timing")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--direction", default="up")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)  # comparable ratios on a shared machine
+
+    tables = build_tables(read_results(args.results), n_boot=args.bootstrap)
+    rows = tables.rows[tables.rows["direction"] == args.direction]
+    if rows.empty:
+        print("no stored cell for that direction", file=sys.stderr)
+        return 1
+    models = list(dict.fromkeys(rows.sort_values("model")["model"]))
+    order = sorted(models, key=lambda m: (base_of(m), m != base_of(m), m))
+    ms = inference_ms(order, args.timing_images) if args.timing_images > 0 else {}
+
+    for (norm, eps_label), group in rows.groupby(["norm", "eps_label"], sort=True):
+        n = int(group["n_images"].max())
+        print(f"\n### {norm} eps {eps_label} ({n} images, direction {args.direction})\n")
+        print(
+            "| model | source | params | clean SROCC [95% CI] | clean PLCC | worst-case gain "
+            "[95% CI] | worst attack | robustness R | certified cap | train min | ms/img (x base) |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        g = group.set_index("model")
+        for m in order:
+            if m not in g.index:
+                continue
+            r = g.loc[m]
+            base = base_of(m)
+            ratio = ""
+            if m in ms and base in ms and m != base:
+                ratio = f" (x{ms[m] / ms[base]:.2f})"
+            t = training_minutes(m)
+            print(
+                f"| {m} | {r['source']} | {int(r['params']) if pd.notna(r['params']) else '-'} "
+                f"| {_ci(r['srocc_clean'], r['srocc_clean_low'], r['srocc_clean_high'])} "
+                f"| {_fmt(r['plcc_clean'])} "
+                f"| {_ci(r['abs_gain'], r['abs_gain_low'], r['abs_gain_high'])} "
+                f"| {r['worst_attack'] or r['reason']} | {_fmt(r['robustness'], 2)} "
+                f"| {_fmt(r['certified_gain'], 2)} | {_fmt(t, 1)} "
+                f"| {_fmt(ms.get(m), 1)}{ratio} |"
+            )
+
+    cells = tables.cells[tables.cells["direction"] == args.direction]
+    for (norm, eps_label), group in cells.groupby(["norm", "eps_label"], sort=True):
+        print(f"\n### absolute gain per attack, {norm} eps {eps_label}\n")
+        mat = group.pivot_table(index="model", columns="attack", values="abs_gain", aggfunc="first")
+        mat = mat.reindex([m for m in order if m in mat.index])
+        print("| model | " + " | ".join(mat.columns) + " |")
+        print("|---|" + "---|" * len(mat.columns))
+        for m, vals in mat.iterrows():
+            print(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
