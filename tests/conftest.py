@@ -33,3 +33,32 @@ def build_kadid(
 @pytest.fixture()
 def make_kadid() -> Callable[..., Path]:
     return build_kadid
+
+
+# One photograph per split (astronaut: train, rocket: val, chelsea: test), two distortions.
+TINY_BUILTIN = dict(
+    sources=("astronaut", "rocket", "chelsea"),
+    crops_per_source=1,
+    levels=(1, 5),
+    distortions=("white_noise", "gaussian_blur"),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny builtin dataset (generated once per session) for training tests."""
+    from benchmark.datasets.builtin import BuildConfig, generate_builtin
+
+    out = tmp_path_factory.mktemp("tiny") / "ds"
+    return generate_builtin(out, BuildConfig(**TINY_BUILTIN), workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add sync cost on the shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

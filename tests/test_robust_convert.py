@@ -20,14 +20,7 @@ from benchmark.robust import (
 from benchmark.robust.convert import _fold_bn, orth_conv_from_conv
 from benchmark.robust.lipschitz import conv2d_operator_bound
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add sync cost on the shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cnniqa() -> nn.Module:

@@ -9,14 +9,7 @@ import torch
 
 from benchmark.robust.orthconv import OrthConv2d, space_to_depth
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add sync cost (30x on the shared 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _structured(kind: str, c: int, h: int, w: int) -> torch.Tensor:

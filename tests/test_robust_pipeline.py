@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmark.cards import REPO_ROOT, read_toml
-from benchmark.datasets.builtin import BuildConfig, BuiltinDataset, generate_builtin
+from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.errors import CheckpointError
 from benchmark.evaluation import evaluate_model
 from benchmark.models.archs import PatchAverage, build_arch
@@ -22,27 +22,10 @@ from benchmark.robust.pipeline import (
 )
 from benchmark.training import TrainConfig, run_training
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL_CNNIQA = {"patch": 32, "n_kers": 8, "n1_nodes": 32, "n2_nodes": 32}
-TINY = BuildConfig(
-    sources=("astronaut", "rocket", "chelsea"),
-    crops_per_source=1,
-    levels=(1, 5),
-    distortions=("white_noise", "gaussian_blur"),
-)
 SHIPPED_ROBUST = sorted(p for p in (REPO_ROOT / "models").glob("robust-*/card.toml"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_builtin(tmp_path_factory.mktemp("tiny") / "ds", TINY, workers=0, progress=False)
 
 
 @pytest.fixture(scope="module")

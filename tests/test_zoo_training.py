@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmark.cards import REPO_ROOT, read_toml, write_toml
-from benchmark.datasets.builtin import BuildConfig, BuiltinDataset, generate_builtin
+from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.evaluation import correlation_report, evaluate_model, predict
 from benchmark.models.archs import PatchAverage, ResNetSmall, build_arch, core_module
@@ -31,19 +31,6 @@ from benchmark.training import (
 SHIPPED = ("cnniqa-builtin", "wadiqam-nr-builtin", "resnet-small-builtin")
 BEST_BAR = 0.80
 SMALL_CNNIQA = {"patch": 32, "n_kers": 8, "n1_nodes": 32, "n2_nodes": 32}
-
-# One photograph per split (astronaut: train, rocket: val, chelsea: test), two distortions.
-TINY = BuildConfig(
-    sources=("astronaut", "rocket", "chelsea"),
-    crops_per_source=1,
-    levels=(1, 5),
-    distortions=("white_noise", "gaussian_blur"),
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate_builtin(tmp_path_factory.mktemp("tiny") / "ds", TINY, workers=0, progress=False)
 
 
 def _noise_data(n: int, seed: int) -> InMemory:
