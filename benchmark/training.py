@@ -401,11 +401,17 @@ def train_model(
 # the command
 
 
-def command_line(cfg: TrainConfig) -> str:
-    """The canonical command that reproduces this run (recorded on the card)."""
-    parts = ["python", "-m", "benchmark", "train", "--arch", cfg.arch, "--dataset", cfg.dataset]
-    for key, value in sorted(cfg.arch_params.items()):
-        parts += ["--arch-param", f"{key}={json.dumps(value)}"]
+def command_line(cfg: TrainConfig, head: list[str] | None = None) -> str:
+    """The canonical command that reproduces this run (recorded on the card).
+
+    `head` replaces `--arch A --arch-param ...`: a defense fine-tuning run names its base
+    model instead, whose card fixes the architecture (`benchmark.defenses.finetune`).
+    """
+    parts = ["python", "-m", "benchmark", "train", *(head or ["--arch", cfg.arch])]
+    parts += ["--dataset", cfg.dataset]
+    if head is None:
+        for key, value in sorted(cfg.arch_params.items()):
+            parts += ["--arch-param", f"{key}={json.dumps(value)}"]
     parts += ["--epochs", str(cfg.epochs), "--crop", str(cfg.crop), "--patches", str(cfg.patches)]
     parts += [
         "--batch-size",
@@ -488,20 +494,13 @@ def build_card(
     }
 
 
-def run_training(
+def open_splits(
     cfg: TrainConfig, open_split: Callable[[str], IQADataset] | None = None
-) -> dict[str, Any]:
-    """Train, save checkpoint + card under cfg.out, return the card.
+) -> tuple[InMemory, InMemory, IQADataset]:
+    """(train, val) in memory and the test split, checked to carry a MOS.
 
     `open_split(split)` opens the data (default: the registered dataset `cfg.dataset`).
     """
-    from benchmark.cards import write_toml
-    from benchmark.evaluation import evaluate_model
-    from benchmark.models.base import count_parameters
-
-    cfg.validate()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     if open_split is None:
         from benchmark.datasets.registry import create_dataset
 
@@ -513,16 +512,45 @@ def run_training(
         raise ConfigError(f"dataset {cfg.dataset!r} has no MOS: cannot train on it")
     train = load_split(open_split(cfg.train_split), cfg.progress)
     val = load_split(open_split(cfg.val_split), cfg.progress)
-    result = train_model(cfg, train, val)
-    out = Path(cfg.out)
-    ckpt = out / CHECKPOINT_NAME
-    save_checkpoint(result.net, ckpt, cfg.save_dtype)
-    net = reload_checkpoint(cfg.arch, cfg.arch_params, ckpt).to(cfg.device)
+    return train, val, test_ds
+
+
+def save_and_evaluate(
+    cfg: TrainConfig, net: nn.Module, test_ds: IQADataset
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Write the checkpoint, reload it, and evaluate the *reloaded* network on `test_ds`.
+
+    Returns (reloaded network, report): the numbers a card states are those of its file.
+    """
+    from benchmark.evaluation import evaluate_model
+
+    ckpt = Path(cfg.out) / CHECKPOINT_NAME
+    save_checkpoint(net, ckpt, cfg.save_dtype)
+    reloaded = reload_checkpoint(cfg.arch, cfg.arch_params, ckpt).to(cfg.device)
     report = evaluate_model(
-        net, test_ds, batch_size=cfg.eval_batch, device=cfg.device, progress=cfg.progress
+        reloaded, test_ds, batch_size=cfg.eval_batch, device=cfg.device, progress=cfg.progress
     )
+    return reloaded, report
+
+
+def run_training(
+    cfg: TrainConfig, open_split: Callable[[str], IQADataset] | None = None
+) -> dict[str, Any]:
+    """Train, save checkpoint + card under cfg.out, return the card.
+
+    `open_split(split)` opens the data (default: the registered dataset `cfg.dataset`).
+    """
+    from benchmark.cards import write_toml
+    from benchmark.models.base import count_parameters
+
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    train, val, test_ds = open_splits(cfg, open_split)
+    result = train_model(cfg, train, val)
+    net, report = save_and_evaluate(cfg, result.net, test_ds)
     card = build_card(cfg, result, report, count_parameters(net) or 0)
-    write_toml(out / "card.toml", card)
+    write_toml(Path(cfg.out) / "card.toml", card)
     return card
 
 
@@ -544,10 +572,19 @@ def parse_arch_params(items: list[str]) -> dict[str, Any]:
 
 
 def add_train_parser(subparsers: Any) -> None:
+    from benchmark.defenses.finetune import add_defense_arguments
     from benchmark.models.archs import arch_names
 
-    t = subparsers.add_parser("train", help="train an NR model on a dataset and write a zoo card")
-    t.add_argument("--arch", required=True, help=f"architecture: {', '.join(arch_names())}")
+    t = subparsers.add_parser(
+        "train",
+        help="train an NR model on a dataset and write a zoo card, or fine-tune a zoo model "
+        "into a defense (--defense at|nt --base MODEL)",
+    )
+    t.add_argument(
+        "--arch",
+        default=None,
+        help=f"architecture (required unless --defense): {', '.join(arch_names())}",
+    )
     t.add_argument(
         "--dataset", default="builtin", help="dataset card name with MOS (default: builtin)"
     )
@@ -561,7 +598,9 @@ def add_train_parser(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="architecture parameter (JSON value; repeatable); default: the arch's recipe",
     )
-    t.add_argument("--epochs", type=int, default=30, help="maximum epochs (default 30)")
+    t.add_argument(
+        "--epochs", type=int, default=None, help="maximum epochs (default 30; 5 with --defense)"
+    )
     t.add_argument(
         "--crop",
         type=int,
@@ -576,7 +615,10 @@ def add_train_parser(subparsers: Any) -> None:
     )
     t.add_argument("--batch-size", type=int, default=None, help="default: recipe")
     t.add_argument(
-        "--lr", type=float, default=None, help="Adam learning rate (default: recipe, else 1e-3)"
+        "--lr",
+        type=float,
+        default=None,
+        help="Adam learning rate (default: recipe, else 1e-3; 1e-4 with --defense)",
     )
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--patience", type=int, default=6, help="early stopping patience in epochs")
@@ -595,10 +637,15 @@ def add_train_parser(subparsers: Any) -> None:
         choices=["float32", "float16"],
         help="checkpoint precision",
     )
+    add_defense_arguments(t)
     t.set_defaults(func=cmd_train)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if not args.arch:
+        raise ConfigError(
+            "--arch is required (or --defense at|nt --base MODEL to fine-tune a zoo model)"
+        )
     recipe = RECIPES.get(args.arch, DEFAULT_RECIPE)
     arch_params = (
         parse_arch_params(args.arch_param) if args.arch_param else dict(recipe["arch_params"])
@@ -610,7 +657,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         name=args.name,
         dataset=args.dataset,
         data_root=args.data_root,
-        epochs=args.epochs,
+        epochs=30 if args.epochs is None else args.epochs,
         crop=recipe["crop"] if args.crop is None else args.crop,
         patches=recipe["patches"] if args.patches is None else args.patches,
         batch_size=recipe["batch_size"] if args.batch_size is None else args.batch_size,
@@ -627,6 +674,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if getattr(args, "defense", None):
+        from benchmark.defenses.finetune import cmd_train_defense
+
+        return cmd_train_defense(args)
     cfg = config_from_args(args)
     card = run_training(cfg)
     ev = card["evaluation"]

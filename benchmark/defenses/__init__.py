@@ -1,1 +1,2 @@
-"""Defenses beside RobustBlocks: input purification (adversarial training lives in training)."""
+"""Defenses beside RobustBlocks: input purification (`purifiers`) and fine-tuning defenses,
+adversarial training and gradient-norm regularisation (`finetune`)."""
