@@ -244,6 +244,7 @@ def save_checkpoint(net: nn.Module, path: Path, dtype: str = "float32") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates the file 0600; a shipped model is world-readable
     os.replace(tmp, path)
 
 
