@@ -336,7 +336,7 @@ def test_card_defaults_match_the_design_table():
     assert gen.size == 256 and gen.info.family == "generative"
     facpa = create_attack("facpa")
     assert facpa.eps == pytest.approx(10 / 255)
-    assert (facpa.lr, facpa.batch_size, facpa.crop) == (1e-3, 4, 192)
+    assert (facpa.lr, facpa.batch_size, facpa.crop) == (1e-3, 4, 128)
     for name in TRAINED:
         attack = create_attack(name)
         assert attack.info.trainable and not attack.info.gradient_free
@@ -347,3 +347,43 @@ def test_card_defaults_match_the_design_table():
         create_attack("uap", steps=3)
     with pytest.raises(ConfigError):
         create_attack("uap", train_eps="2")
+
+
+def test_runner_decodes_only_the_images_an_attack_trains_on(tmp_path, make_kadid, monkeypatch):
+    """`train_images` of a split: the runner loads just those, and the artifact is the one
+    that training on the same subset picked from the whole split's stream gives."""
+    from safetensors.torch import load_file
+
+    from benchmark.cli import main
+    from benchmark.datasets.layouts import CardDataset
+    from benchmark.datasets.registry import create_dataset
+    from benchmark.models.registry import create_model
+    from benchmark.store import ResultStore
+
+    root = make_kadid(tmp_path / "kadid", n_refs=6)
+    monkeypatch.setenv("BENCHMARK_CACHE", str(tmp_path / "cache"))
+    loaded: list[tuple[str, str]] = []
+    load = CardDataset.load
+
+    def counting(self, image_id):
+        loaded.append((self.info.split, image_id))
+        return load(self, image_id)
+
+    monkeypatch.setattr(CardDataset, "load", counting)
+    params = {"epochs": 1, "size": 32, "train_images": 3, "batch_size": 2}
+    args = ["-q", "run", "--models", "gmsd", "--attacks", "uap", "--dataset", "kadid10k"]
+    args += ["--data-root", str(root), "--out", str(tmp_path / "r.h5")]
+    args += ["--html", str(tmp_path / "lb.html")]
+    for k, v in params.items():
+        args += ["--param", f"{k}={v}"]
+    assert main(args) == 0
+    train = create_dataset("kadid10k", "train", str(root))
+    assert len(train) > 3
+    assert len([i for split, i in loaded if split == "train"]) == 3  # not the whole split
+
+    (cell,) = ResultStore(tmp_path / "r.h5").read_cells()
+    from_runner = load_file(cell.meta["attack_runtime"]["artifact"])["delta"]
+    direct = create_attack("uap", **params)
+    stream = [(b.images, b.refs) for b in train.batches(16)]
+    direct.fit(create_model("gmsd"), stream, tmp_path / "direct")
+    assert torch.equal(direct.artifact["delta"], from_runner)
