@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from benchmark.allocator import keep_freed_memory
 from benchmark.attacks.artifacts import TrainedAttack
 from benchmark.attacks.base import Attack
 from benchmark.attacks.registry import create_attack
@@ -392,6 +393,7 @@ def run_group(
     dataset: IQADataset | None = None,
 ) -> None:
     """Build one model (and the dataset unless given), then run and hand over each of its cells."""
+    keep_freed_memory()  # also in Ray workers, which do not pass through `run`
     model = create_model(model_name, cfg.device)
     if dataset is None:
         dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
@@ -418,6 +420,7 @@ def run(
     """
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be local or ray, got {executor!r}")
+    keep_freed_memory()
     report = RunReport()
     t0 = time.perf_counter()
     cells = plan_cells(cfg)

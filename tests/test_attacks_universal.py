@@ -336,7 +336,7 @@ def test_card_defaults_match_the_design_table():
     assert gen.size == 256 and gen.info.family == "generative"
     facpa = create_attack("facpa")
     assert facpa.eps == pytest.approx(10 / 255)
-    assert (facpa.lr, facpa.batch_size, facpa.crop) == (1e-3, 4, 128)
+    assert (facpa.lr, facpa.batch_size, facpa.crop) == (1e-3, 2, 192)
     for name in TRAINED:
         attack = create_attack(name)
         assert attack.info.trainable and not attack.info.gradient_free

@@ -1,0 +1,37 @@
+"""The glibc allocator setting the runner applies (benchmark.allocator)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+PROBE = (
+    "from benchmark.allocator import keep_freed_memory as k; "
+    "import benchmark.allocator as a; print(k(), k(), a._done)"
+)
+
+
+def probe(**env: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_tuned_once_per_process_and_can_be_turned_off():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert probe() == "True True True"
+    assert probe(BENCHMARK_MALLOC="default") == "False False False"
+    assert probe(BENCHMARK_MALLOC=" Default ") == "False False False"
