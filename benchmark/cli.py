@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmark.batching import parse_batch_size
 from benchmark.errors import BenchmarkError, ConfigError
 
 log = logging.getLogger("benchmark")
@@ -79,7 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument(
+        "--batch-size",
+        default="auto",
+        help="images per attack batch, or auto: the fastest per image that fits, measured per model",
+    )
     r.add_argument(
         "--param",
         action="append",
@@ -199,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sample=args.sample,
         seed=args.seed,
         device=args.device,
-        batch_size=args.batch_size,
+        batch_size=parse_batch_size(args.batch_size),
         params=parse_overrides(args.param),
         data_root=args.data_root,
         attack_source=resolve_model_names(args.attack_source)[0] if args.attack_source else None,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.batching import parse_batch_size
 from benchmark.errors import ConfigError
 from benchmark.results import CellResult
 from benchmark.scores import quality_map, summarize_cell
@@ -255,7 +256,11 @@ def add_compare_parser(sub: Any) -> None:
     c.add_argument("--limit", type=int, default=64)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
-    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument(
+        "--batch-size",
+        default="auto",
+        help="images per attack batch, or auto: the fastest per image that fits, measured per model",
+    )
     c.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument(
         "--leaderboard", nargs="*", default=[], help="results files to place the defense in"
@@ -282,7 +287,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         models=(defense, baseline), attacks=attacks, dataset=args.dataset, split=args.split,
         eps=parse_eps(args.eps), limit=args.limit, seed=args.seed, device=args.device,
-        batch_size=args.batch_size, params=parse_overrides(args.param), data_root=args.data_root,
+        batch_size=parse_batch_size(args.batch_size), params=parse_overrides(args.param), data_root=args.data_root,
     )  # fmt: skip
     out = Path(args.out)
     store = ResultStore(out / "compare.h5")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,15 +21,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmark.allocator import keep_freed_memory
+from benchmark.allocator import keep_freed_memory, release_freed_memory
 from benchmark.attacks.artifacts import TrainedAttack
 from benchmark.attacks.base import Attack
 from benchmark.attacks.registry import create_attack
 from benchmark.attacks.utils import seeded_rng
+from benchmark.batching import MAX_BATCH, BatchChoice, measured_batch_size
 from benchmark.budget import budget_label
-from benchmark.datasets.base import Batch, IQADataset
+from benchmark.datasets.base import Batch, IQADataset, spread
 from benchmark.datasets.registry import create_dataset
 from benchmark.errors import BenchmarkError, ConfigError, ModelUnavailable
+from benchmark.image_stats import perturbation_stats
 from benchmark.models.base import IQAModel
 from benchmark.models.registry import create_model
 from benchmark.paths import cache_dir
@@ -39,6 +40,8 @@ from benchmark.results import CellKey, CellResult
 from benchmark.store import ResultStore
 
 log = logging.getLogger(__name__)
+
+DECODED_CACHE_BYTES = 1 << 30  # per (model, dataset) group
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ class RunConfig:
     sample: int | None = None  # N images evenly spaced over the split
     seed: int = 0
     device: str = "cpu"
-    batch_size: int = 16
+    batch_size: int | None = None  # None: measured per model (`benchmark.batching`)
     params: dict[str, Any] = field(default_factory=dict)  # attack parameter overrides
     data_root: str | None = None
     attack_source: str | None = None  # transfer: craft on this model, score on each target
@@ -65,7 +68,7 @@ class RunConfig:
             raise ConfigError(f"--limit must be a positive integer, got {self.limit}")
         if self.sample is not None and self.sample < 1:
             raise ConfigError(f"--sample must be a positive integer, got {self.sample}")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, got {self.batch_size}")
         for d in self.directions:
             if d not in ("up", "down"):
@@ -143,25 +146,6 @@ def config_hash(cfg: RunConfig, attack: Attack) -> str:
 # -- per-image measurements ------------------------------------------------------------------
 
 
-def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
-    """L_inf, L2, PSNR (dB, inf when unchanged) and SSIM of each attacked image vs its clean one."""
-    from pyiqa.archs.ssim_arch import ssim, to_y_channel
-
-    delta = (x_adv - x).flatten(1).double()
-    mse = delta.pow(2).mean(dim=1)
-    with torch.inference_mode():
-        s = ssim(to_y_channel(x_adv.float(), 1.0), to_y_channel(x.float(), 1.0), downsample=False)
-    psnr = torch.where(
-        mse > 0, 10 * torch.log10(1.0 / mse.clamp_min(1e-30)), torch.full_like(mse, math.inf)
-    )
-    return {
-        "linf": delta.abs().amax(dim=1).cpu().numpy(),
-        "l2": delta.norm(dim=1).cpu().numpy(),
-        "psnr": psnr.cpu().numpy(),
-        "ssim": s.reshape(-1).double().cpu().numpy(),
-    }
-
-
 def check_gradient(model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> tuple[bool, str]:
     """Whether the quality score has a usable input gradient on this batch, and why not.
 
@@ -204,14 +188,36 @@ class GroupContext:
     gradient_reason: str = ""
     clean: dict[str, float] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None  # (C, H, W) of the first batch, for bounds
+    batch_size: int = 16  # the configured size, or the measured one (`resolve_batch_size`)
+    batch_choice: BatchChoice | None = None
+    _decoded: list[Batch] | None = field(default=None, repr=False)
 
-    def batches(self) -> Iterator[Batch]:
+    def batches(self, size: int | None = None) -> Iterator[Batch]:
+        """The run's images on the device, in batches of `size` (default: the group's).
+
+        At the group's batch size the decoded batches are kept (up to `DECODED_CACHE_BYTES`)
+        for the group's next cells: decoding the split again for every cell cost as much as
+        a cheap model's scoring. Attacks never write into their input (`Attack.perturb`
+        detaches and every attack works on copies), so sharing the tensors is safe.
+        """
+        if self._decoded is not None and size in (None, self.batch_size):
+            yield from self._decoded
+            return
+        keep: list[Batch] | None = [] if size in (None, self.batch_size) else None
+        kept_bytes = 0
         device = torch.device(self.cfg.device)
-        for b in self.dataset.batches(self.cfg.batch_size, self.cfg.limit, self.cfg.sample):
+        for b in self.dataset.batches(size or self.batch_size, self.cfg.limit, self.cfg.sample):
             b.images = b.images.to(device)
             if b.refs is not None:
                 b.refs = b.refs.to(device)
+            if keep is not None:
+                kept_bytes += b.images.nbytes + (b.refs.nbytes if b.refs is not None else 0)
+                if kept_bytes <= DECODED_CACHE_BYTES:
+                    keep.append(b)
+                else:
+                    keep = None
             yield b
+        self._decoded = keep  # only once the whole split went through
 
     @property
     def attacker(self) -> IQAModel:
@@ -228,6 +234,44 @@ class GroupContext:
                 f"{self.model.name} is full-reference and dataset {self.dataset.name!r} has no reference images"
             )
         return batch.refs
+
+    def resolve_batch_size(self) -> None:
+        """The configured batch size, else the fastest per image that fits (measured once).
+
+        Probed on the model the attacks differentiate, with a few of the run's own images; a
+        probe that fails (a broken plugin) leaves the default, and the cells report the error.
+        """
+        if self.cfg.batch_size is not None:
+            self.batch_size = self.cfg.batch_size
+            return
+        n = len(spread(self.dataset.ids(), self.cfg.sample))
+        if self.cfg.limit is not None:
+            n = min(n, self.cfg.limit)
+        try:
+            first = next(self.batches(size=4), None)
+            if first is None:
+                return
+            self.batch_choice = measured_batch_size(
+                self.attacker,
+                first.images,
+                self.attacker_ref(first),
+                max_size=min(MAX_BATCH, n),
+                cache_file=cache_dir() / "batch-sizes.json",
+            )
+        except Exception as exc:  # noqa: BLE001 -- the cells themselves will fail and say why
+            log.warning(
+                "%s: batch-size probe failed (%s); using %d", self.model.name, exc, self.batch_size
+            )
+            return
+        self.batch_size = self.batch_choice.size
+        how = "measured before" if self.batch_choice.cached else "measured"
+        log.info(
+            "%s: batch size %d (%s: %s)",
+            self.model.name,
+            self.batch_size,
+            how,
+            self.batch_choice.why,
+        )
 
     def clean_scores(self, batch: Batch, ref: torch.Tensor | None) -> np.ndarray:
         if self.input_shape is None:
@@ -337,7 +381,8 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
             "split": ctx.dataset.info.split,
             "limit": ctx.cfg.limit,
             "sample": ctx.cfg.sample,
-            "batch_size": ctx.cfg.batch_size,
+            "batch_size": ctx.batch_size,
+            "batch_probe": ctx.batch_choice.to_dict() if ctx.batch_choice else None,
             "skipped_images": dict(ctx.dataset.skipped),
             "attack_source": ctx.source.name if ctx.source else None,
             "input_shape": list(ctx.input_shape) if ctx.input_shape else None,
@@ -372,7 +417,7 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
     limit = attack.train_limit() if isinstance(attack, TrainedAttack) else None
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        for b in train.batches(ctx.cfg.batch_size, sample=limit):
+        for b in train.batches(ctx.batch_size, sample=limit):
             ref = b.refs.to(device) if (b.refs is not None and attacker.info.kind == "FR") else None
             yield b.images.to(device), ref
 
@@ -401,8 +446,13 @@ def run_group(
     if cfg.attack_source and cfg.attack_source != model_name:
         source = create_model(cfg.attack_source, cfg.device)
     ctx = GroupContext(model, dataset, cfg, source)
-    for key, attack in cells:
-        sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
+    try:
+        ctx.resolve_batch_size()
+        for key, attack in cells:
+            sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
+    finally:
+        del ctx, model, source
+        release_freed_memory()
 
 
 def run(

@@ -39,6 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.attacks.registry import list_attacks  # noqa: E402
+from benchmark.batching import parse_batch_size  # noqa: E402
 from benchmark.errors import BenchmarkError, ConfigError  # noqa: E402
 from benchmark.results import CellResult  # noqa: E402
 from benchmark.scores import summarize_cell  # noqa: E402
@@ -76,7 +77,7 @@ def run_cells(args: argparse.Namespace, attacks: list[str]) -> float:
         limit=args.limit,
         sample=args.sample,
         seed=args.seed,
-        batch_size=args.batch_size,
+        batch_size=parse_batch_size(args.batch_size),
     )
     report = run(cfg, ResultStore(args.out), progress=not args.quiet)
     for key, why in report.failed:
@@ -223,7 +224,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=None, help="the first N test images instead")
     p.add_argument("--attacks", default="all", help="comma list of presets, or all (default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", default="auto", help="auto (measured, as run) or N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/attack_sanity.h5", help="results file")
     p.add_argument("--report-only", action="store_true", help="print from --out, run nothing")

@@ -20,7 +20,7 @@ from benchmark.attacks.artifacts import (
     model_fingerprint,
 )
 from benchmark.attacks.facpa import UNetGenerator, apply_tiled
-from benchmark.attacks.registry import create_attack
+from benchmark.attacks.registry import create_attack, list_attacks
 from benchmark.attacks.universal import tile_to
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.models.base import IQAModel, ModelInfo
@@ -387,3 +387,20 @@ def test_runner_decodes_only_the_images_an_attack_trains_on(tmp_path, make_kadid
     stream = [(b.images, b.refs) for b in train.batches(16)]
     direct.fit(create_model("gmsd"), stream, tmp_path / "direct")
     assert torch.equal(direct.artifact["delta"], from_runner)
+
+
+@pytest.mark.parametrize("name", [c.name for c in list_attacks() if c.source == "card"])
+def test_attacks_never_write_into_their_input(cnniqa, data, tmp_path, name):
+    """The runner shares one decoded batch between a model's cells: an attack that wrote
+    into its input would change the images every later cell attacks and scores."""
+    x, _ = data["test"]
+    before = x.clone()
+    if name in TRAINED:
+        attack = trained(name, cnniqa, data, tmp_path, epochs=1)
+    else:
+        short = {"steps": 2} if "steps" in create_attack(name).params else {}
+        if name == "square":
+            short = {"queries": 5}
+        attack = create_attack(name, **short)
+    x_adv = attack.perturb(cnniqa, x)
+    assert torch.equal(x, before) and not torch.equal(x_adv, x)

@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from abc import abstractmethod
 from collections.abc import Iterable, Mapping
@@ -38,6 +36,7 @@ from benchmark.attacks.base import Attack, AttackInfo, Direction
 from benchmark.attacks.utils import frozen_eval, seeded_rng
 from benchmark.errors import CheckpointError, ConfigError, DataError
 from benchmark.models.base import IQAModel
+from benchmark.paths import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -207,19 +206,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; artifacts are shared like any cache file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_artifact(
     artifact_dir: Path,
     key: ArtifactKey,
@@ -229,7 +215,7 @@ def save_artifact(
     """Write the tensors and their sidecar atomically; returns the tensor file's path."""
     tensor_path, sidecar_path = artifact_paths(artifact_dir, key)
     data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(tensor_path, lambda p: save_file(data, str(p)))
+    atomic_write(tensor_path, lambda p: save_file(data, str(p)))
     sidecar = {
         "format": FORMAT_VERSION,
         "digest": key.digest,
@@ -241,7 +227,7 @@ def save_artifact(
         "meta": dict(meta),
     }
     text = json.dumps(sidecar, indent=2, sort_keys=True, default=str)
-    _atomic_write(sidecar_path, lambda p: p.write_text(text))
+    atomic_write(sidecar_path, lambda p: p.write_text(text))
     return tensor_path
 
 
