@@ -191,6 +191,13 @@ class GroupContext:
     batch_size: int = 16  # the configured size, or the measured one (`resolve_batch_size`)
     batch_choice: BatchChoice | None = None
     _decoded: list[Batch] | None = field(default=None, repr=False)
+    _train: IQADataset | None = field(default=None, repr=False)
+
+    def train_split(self) -> IQADataset:
+        """The dataset's train split, which trained attacks fit on (opened once per group)."""
+        if self._train is None:
+            self._train = create_dataset(self.cfg.dataset, "train", self.cfg.data_root)
+        return self._train
 
     def batches(self, size: int | None = None) -> Iterator[Batch]:
         """The run's images on the device, in batches of `size` (default: the group's).
@@ -408,7 +415,7 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
     An attack that trains on `train_limit()` evenly spaced images gets only those decoded
     (the images `TrainingData.subset` would pick from the whole split, in the same order).
     """
-    train = create_dataset(ctx.cfg.dataset, "train", ctx.cfg.data_root)
+    train = ctx.train_split()
     device = torch.device(ctx.cfg.device)
     attacker = ctx.attacker
     ids = train.ids()
