@@ -14,7 +14,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmark.batching import parse_batch_size
 from benchmark.errors import BenchmarkError, ConfigError
 
 log = logging.getLogger("benchmark")
@@ -182,6 +181,7 @@ def parse_eps(text: str | None) -> tuple[float, ...]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.attacks.registry import parse_overrides
+    from benchmark.batching import parse_batch_size
     from benchmark.leaderboard import build_tables, render_html, terminal_table
     from benchmark.models.registry import resolve_model_names
     from benchmark.runner import RunConfig, resolve_attacks, run

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.batching import parse_batch_size
 from benchmark.errors import ConfigError
 from benchmark.results import CellResult
 from benchmark.scores import quality_map, summarize_cell
@@ -270,6 +269,7 @@ def add_compare_parser(sub: Any) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from benchmark.attacks.registry import attack_registry, parse_overrides
+    from benchmark.batching import parse_batch_size
     from benchmark.cli import parse_eps
     from benchmark.models.registry import create_model, resolve_model_names
     from benchmark.runner import RunConfig, resolve_attacks, run
@@ -287,7 +287,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         models=(defense, baseline), attacks=attacks, dataset=args.dataset, split=args.split,
         eps=parse_eps(args.eps), limit=args.limit, seed=args.seed, device=args.device,
-        batch_size=parse_batch_size(args.batch_size), params=parse_overrides(args.param), data_root=args.data_root,
+        batch_size=parse_batch_size(args.batch_size), params=parse_overrides(args.param),
+        data_root=args.data_root,
     )  # fmt: skip
     out = Path(args.out)
     store = ResultStore(out / "compare.h5")

@@ -199,24 +199,28 @@ class GroupContext:
             self._train = create_dataset(self.cfg.dataset, "train", self.cfg.data_root)
         return self._train
 
-    def batches(self, size: int | None = None) -> Iterator[Batch]:
-        """The run's images on the device, in batches of `size` (default: the group's).
+    def _on_device(self, b: Batch) -> Batch:
+        device = torch.device(self.cfg.device)
+        b.images = b.images.to(device)
+        if b.refs is not None:
+            b.refs = b.refs.to(device)
+        return b
 
-        At the group's batch size the decoded batches are kept (up to `DECODED_CACHE_BYTES`)
-        for the group's next cells: decoding the split again for every cell cost as much as
-        a cheap model's scoring. Attacks never write into their input (`Attack.perturb`
-        detaches and every attack works on copies), so sharing the tensors is safe.
+    def batches(self) -> Iterator[Batch]:
+        """The run's images on the device, in batches of the group's size.
+
+        The decoded batches are kept (up to `DECODED_CACHE_BYTES`) for the group's next
+        cells: decoding the split again for every cell cost as much as a cheap model's
+        scoring. Attacks never write into their input (`Attack.perturb` detaches and every
+        attack works on copies; tested), so sharing the tensors is safe.
         """
-        if self._decoded is not None and size in (None, self.batch_size):
+        if self._decoded is not None:
             yield from self._decoded
             return
-        keep: list[Batch] | None = [] if size in (None, self.batch_size) else None
+        keep: list[Batch] | None = []
         kept_bytes = 0
-        device = torch.device(self.cfg.device)
-        for b in self.dataset.batches(size or self.batch_size, self.cfg.limit, self.cfg.sample):
-            b.images = b.images.to(device)
-            if b.refs is not None:
-                b.refs = b.refs.to(device)
+        for b in self.dataset.batches(self.batch_size, self.cfg.limit, self.cfg.sample):
+            b = self._on_device(b)
             if keep is not None:
                 kept_bytes += b.images.nbytes + (b.refs.nbytes if b.refs is not None else 0)
                 if kept_bytes <= DECODED_CACHE_BYTES:
@@ -255,9 +259,10 @@ class GroupContext:
         if self.cfg.limit is not None:
             n = min(n, self.cfg.limit)
         try:
-            first = next(self.batches(size=4), None)
+            first = next(self.dataset.batches(4, self.cfg.limit, self.cfg.sample), None)
             if first is None:
                 return
+            first = self._on_device(first)
             self.batch_choice = measured_batch_size(
                 self.attacker,
                 first.images,
@@ -445,7 +450,7 @@ def run_group(
     dataset: IQADataset | None = None,
 ) -> None:
     """Build one model (and the dataset unless given), then run and hand over each of its cells."""
-    keep_freed_memory()  # also in Ray workers, which do not pass through `run`
+    keep_freed_memory()  # here, so that Ray workers (which do not pass through `run`) get it too
     model = create_model(model_name, cfg.device)
     if dataset is None:
         dataset = create_dataset(cfg.dataset, cfg.split, cfg.data_root)
@@ -477,7 +482,6 @@ def run(
     """
     if executor not in ("local", "ray"):
         raise ConfigError(f"--executor must be local or ray, got {executor!r}")
-    keep_freed_memory()
     report = RunReport()
     t0 = time.perf_counter()
     cells = plan_cells(cfg)
