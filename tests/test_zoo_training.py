@@ -315,8 +315,10 @@ def test_shipped_card_loads_has_gradients_and_meets_its_stated_bar(card_path: Pa
     assert (ev["srocc"] >= ev["bar_srocc"]) == ev["meets_bar"]
     if not ev["meets_bar"]:
         assert "FALLS SHORT" in card["description"]
-    # CPU time, not wall time: the cards were trained on a machine shared by other jobs.
-    assert card["training"]["cpu_minutes"] <= 20
+    # The 20-minute budget is wall time on this 2-core machine. Some cards were trained on a
+    # machine shared by other jobs, so their wall time is inflated: CPU time per thread is the
+    # wall time the run needs alone (a lower bound, equal to it when the threads are busy).
+    assert card["training"]["cpu_minutes"] / card["training"]["threads"] <= 20
     assert card["training"]["command"].startswith(
         f"python -m benchmark train --arch {card['arch']}"
     )
@@ -324,7 +326,7 @@ def test_shipped_card_loads_has_gradients_and_meets_its_stated_bar(card_path: Pa
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 4: no shipped model reaches test SROCC 0.80 yet (best 0.63, cnniqa-builtin); "
+    reason="issue 4: no shipped model reaches test SROCC 0.80 yet (best 0.69, resnet-small-builtin); "
     "strict, so this fails as soon as one does and the marker must go",
 )
 def test_best_shipped_model_meets_the_zoo_bar() -> None:

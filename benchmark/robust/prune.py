@@ -12,7 +12,9 @@ left alone and reported.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,7 +255,9 @@ def prune(
             consumer = trial.get_submodule(cname)
             _set(trial, cname, _slice_layer(consumer, None, keep_in))
         try:
-            with torch.no_grad():
+            # torch.fx prints the whole traceback of a failing traced forward to stderr
+            # before raising; the failure is expected here and recorded in the report.
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
                 out = trial(x)
             ok = all(torch.isfinite(t).all() for t in _flat(out))
         except (RuntimeError, ValueError, IndexError) as exc:
