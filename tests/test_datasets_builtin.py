@@ -206,3 +206,20 @@ def test_distortions_grow_with_level(name: str) -> None:
     assert np.array_equal(outs[0], again)  # deterministic given the generator
     err = [np.abs(o.astype(float) - image).mean() for o in outs]
     assert 0 < err[0] < err[1], (name, err)
+
+
+def test_label_ceiling_ranks_test_images_by_what_the_train_split_says_of_their_distortion(
+    tmp_path: Path,
+) -> None:
+    from benchmark.datasets.builtin import label_ceiling
+
+    rows = ["split,distortion,level,mos"]
+    for split, offset in (("train", 0.0), ("test", 0.01)):
+        for dist, scale in (("blur", 0.10), ("noise", 0.15)):
+            rows += [f"{split},{dist},{lv},{1 - scale * lv + offset}" for lv in range(1, 6)]
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    ceiling = label_ceiling(tmp_path)
+    # MOS is a function of (type, level): knowing both ranks the test split perfectly.
+    assert ceiling["distortion_and_level"] == pytest.approx(1.0)
+    assert 0.8 < ceiling["level"] < 1.0  # level alone ties across types
+    assert abs(ceiling["distortion"]) < 0.5  # type alone says little here

@@ -905,6 +905,28 @@ def label_spread(root: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def label_ceiling(root: str | os.PathLike[str]) -> dict[str, float]:
+    """Test SROCC of predictors that know each image's distortion (how learnable the labels are).
+
+    Each test image is scored by the mean train-split MOS of its (distortion, level), of its
+    distortion, or by its level alone. A no-reference model has to infer type and level from
+    the pixels of unseen photographs, so these bound what the zoo's bar asks of it from above.
+    """
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    df = pd.read_csv(Path(root) / "index.csv")
+    train, test = df[df["split"] == "train"], df[df["split"] == "test"]
+    by_type_level = train.groupby(["distortion", "level"])["mos"].mean()
+    keys = pd.MultiIndex.from_frame(test[["distortion", "level"]])
+    preds = {
+        "distortion_and_level": by_type_level.reindex(keys).to_numpy(),
+        "distortion": test["distortion"].map(train.groupby("distortion")["mos"].mean()),
+        "level": -test["level"],
+    }
+    return {k: float(spearmanr(v, test["mos"])[0]) for k, v in preds.items()}
+
+
 __all__ = [
     "BuildConfig",
     "BuiltinDataset",
@@ -912,6 +934,7 @@ __all__ = [
     "build_builtin",
     "builtin_status",
     "generate_builtin",
+    "label_ceiling",
     "label_spread",
     "pseudo_mos",
 ]
