@@ -3,6 +3,7 @@ wrong types are errors that name the file, never silently ignored."""
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -65,6 +66,32 @@ def check_fields(data: Mapping[str, Any], spec: FieldSpec, where: str) -> dict[s
     return out
 
 
+# Extra folders of model cards (os.pathsep-separated), searched after `models/`.
+MODEL_DIRS_ENV = "BENCHMARK_MODEL_DIRS"
+
+
+def card_folders(kind: str) -> list[Path]:
+    """`models/` etc. in the repo, plus for models the folders in $BENCHMARK_MODEL_DIRS.
+
+    Why: a model trained with `train -o elsewhere/<name>` (an ablation, a private model)
+    should be usable by name without copying it into the repo, where `--models all` would
+    pick it up for everyone.
+    """
+    folders = [CARD_DIRS[kind]]
+    if kind == "model":
+        for raw in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep):
+            if not raw.strip():
+                continue
+            folder = Path(raw).expanduser().resolve()
+            if not folder.is_dir():
+                raise ConfigError(f"{MODEL_DIRS_ENV}: {raw!r} is not a folder")
+            folders.append(folder)
+    return folders
+
+
 def card_paths(kind: str) -> list[Path]:
-    folder = CARD_DIRS[kind]
-    return sorted(folder.glob("*.toml")) + sorted(folder.glob("*/card.toml"))
+    return [
+        path
+        for folder in card_folders(kind)
+        for path in sorted(folder.glob("*.toml")) + sorted(folder.glob("*/card.toml"))
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -205,3 +207,22 @@ def test_prune_gives_smaller_model_with_finite_outputs(how):
         out = small(torch.rand(3, 3, 48, 40))
     assert out.shape == (3, 1) and torch.isfinite(out).all()
     assert lipschitz_upper_bound(small, (1, 3, 32, 32)) is not None
+
+
+class _StdPool(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.kw = kw
+
+    def forward(self, x):
+        return x.flatten(2).std(dim=2, **self.kw)
+
+
+@pytest.mark.parametrize(("kw", "correction"), [({"unbiased": False}, 0), ({}, 1)])
+def test_std_pooling_bound_is_tight(kw, correction):
+    # std over n elements has gradient norm exactly 1/sqrt(n - correction) wherever the
+    # input is not constant, so the bound must equal that and the empirical estimate reach it
+    net, shape = _StdPool(**kw), (1, 3, 5, 4)
+    bound = lipschitz_upper_bound(net, shape)
+    assert bound == pytest.approx(1 / math.sqrt(20 - correction))
+    assert empirical_lipschitz(net, shape, n=4) == pytest.approx(bound, rel=1e-4)

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cards import REPO_ROOT, read_toml, write_toml
+from benchmark.cards import MODEL_DIRS_ENV, REPO_ROOT, read_toml, write_toml
 from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.errors import CheckpointError, ConfigError
 from benchmark.evaluation import correlation_report, evaluate_model, predict
 from benchmark.models.archs import PatchAverage, ResNetSmall, build_arch, core_module
+from benchmark.models.registry import create_model, model_registry, resolve_model_names
 from benchmark.models.zoo import load_zoo_model
 from benchmark.training import (
     InMemory,
@@ -82,7 +83,7 @@ def test_training_is_deterministic_under_the_seed(tmp_path: Path) -> None:
 
 
 def test_run_training_writes_a_card_that_reloads_to_identical_scores(
-    tmp_path: Path, tiny_root: Path
+    tmp_path: Path, tiny_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _cfg(tmp_path, out=str(tmp_path / "zoo" / "tiny-cnniqa"), epochs=2, patches=4)
     card = run_training(cfg, open_split=lambda split: BuiltinDataset(tiny_root, split))
@@ -107,6 +108,25 @@ def test_run_training_writes_a_card_that_reloads_to_identical_scores(
     assert again["srocc"] == ev["srocc"] and again["plcc"] == ev["plcc"]
     x = next(test.batches(5)).images
     assert torch.equal(model.score(x), load_zoo_model(card_path).score(x))
+
+    # trained outside models/: usable by name once its folder is on BENCHMARK_MODEL_DIRS
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(tmp_path / "zoo"))
+    model_registry.cache_clear()
+    try:
+        assert "tiny-cnniqa" in resolve_model_names("all")
+        assert torch.equal(create_model("tiny-cnniqa").score(x), model.score(x))
+    finally:
+        model_registry.cache_clear()
+
+
+def test_model_dirs_must_be_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(tmp_path / "missing"))
+    model_registry.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="BENCHMARK_MODEL_DIRS.*not a folder"):
+            create_model("cnniqa-builtin")
+    finally:
+        model_registry.cache_clear()
 
 
 def write_small_card(folder: Path, widths: list[int]) -> dict:

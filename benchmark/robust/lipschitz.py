@@ -284,6 +284,8 @@ class _Tracer(TorchFunctionMode):
         if name in {"sum", "mean", "nansum", "nanmean"}:
             count = max(1, first.numel() // max(1, scale_out.numel()))
             return self.get(first) * (math.sqrt(count) if "sum" in name else 1 / math.sqrt(count))
+        if name == "std":
+            return self._std(args, kwargs, scale_out)
         if name in _MINMAX:
             others = [a for a in args[1:2] if isinstance(a, torch.Tensor)]
             if not others:  # reduction: every element lands in one output
@@ -305,6 +307,20 @@ class _Tracer(TorchFunctionMode):
         if name == "batch_norm":
             return self._batch_norm(args, kwargs)
         return self.fail(f"no Lipschitz rule for op '{name}'")
+
+    def _std(self, args, kwargs, out: torch.Tensor) -> float:
+        """std over groups of n elements is ||P x_g|| / sqrt(n - correction), P the centring
+        projection (norm 1); the groups are disjoint, so the whole map has that constant."""
+        x = args[0]
+        correction = kwargs.get("correction")
+        if correction is None:
+            flags = [a for a in args[1:3] if isinstance(a, bool)]
+            unbiased = kwargs.get("unbiased", flags[0] if flags else True)
+            correction = 1 if unbiased else 0
+        n = x.numel() // max(1, out.numel())
+        if n - float(correction) <= 0:
+            return self.fail("std over fewer elements than its correction")
+        return self.get(x) / math.sqrt(n - float(correction))
 
     def _max_pool(self, args, kwargs) -> float:
         x = args[0]
