@@ -25,7 +25,12 @@ from benchmark.training import TrainConfig, run_training
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL_CNNIQA = {"patch": 32, "n_kers": 8, "n1_nodes": 32, "n2_nodes": 32}
-SHIPPED_ROBUST = sorted(p for p in (REPO_ROOT / "models").glob("robust-*/card.toml"))
+# the zoo's RobustBlock models and the committed ablations (results/ablation, README)
+SHIPPED_ROBUST = sorted(
+    p
+    for folder in ("models", "results/ablation")
+    for p in (REPO_ROOT / folder).glob("robust-*/card.toml")
+)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +157,7 @@ def test_shipped_robust_model_is_smaller_differentiable_and_its_bound_holds(
     card_path: Path,
 ) -> None:
     card = read_model_card(card_path)
-    base = load_zoo_model(REPO_ROOT / "models" / card["base"] / "card.toml")
+    base = load_zoo_model(card_path.parent.parent / card["base"] / "card.toml")
     model = load_zoo_model(card_path)
     steps = {step["step"]: step for step in card["steps"]}
     assert model.info.params == steps["finetune"]["parameters"]
