@@ -21,19 +21,23 @@ import torch
 from benchmark.budget import parse_budget
 from benchmark.datasets.registry import create_dataset
 from benchmark.models.registry import create_model, resolve_model_names
+from benchmark.scores import quality_map
 
 
 def gradient_norms(name: str, images: torch.Tensor) -> dict[str, list[float]]:
+    """Per image: ||grad q||_1, ||grad q||_2 and q, with q mapped as the stored gains are."""
     model = create_model(name)
-    lo, hi = model.info.score_range or (0.0, 1.0)
     x = images.clone().requires_grad_(True)
-    q = model.quality(x) / (hi - lo)
-    (g,) = torch.autograd.grad(q.sum(), x)  # per-image scores are independent: one pass
-    flat = g.flatten(1)
+    raw = model.score(x)
+    info = model.info
+    qmap = quality_map(info.lower_better, info.score_range, raw.detach().numpy())
+    (g,) = torch.autograd.grad(raw.sum(), x)  # per-image scores are independent: one pass
+    # the map is affine: d q / d raw = +-1 / (hi - lo), its sign only orients
+    flat = g.flatten(1) / (qmap.hi - qmap.lo)
     return {
         "l1": flat.abs().sum(1).tolist(),
         "l2": flat.norm(dim=1).tolist(),
-        "q": q.detach().tolist(),
+        "q": qmap(raw.detach().numpy()).tolist(),
     }
 
 

@@ -317,10 +317,10 @@ class _Tracer(TorchFunctionMode):
             flags = [a for a in args[1:3] if isinstance(a, bool)]
             unbiased = kwargs.get("unbiased", flags[0] if flags else True)
             correction = 1 if unbiased else 0
-        n = x.numel() // max(1, out.numel())
-        if n - float(correction) <= 0:
+        dof = x.numel() // max(1, out.numel()) - float(correction)
+        if dof <= 0:
             return self.fail("std over fewer elements than its correction")
-        return self.get(x) / math.sqrt(n - float(correction))
+        return self.get(x) / math.sqrt(dof)
 
     def _max_pool(self, args, kwargs) -> float:
         x = args[0]
