@@ -76,7 +76,11 @@ class Registry:
 
     def register(self, name: str, target: str | Callable[..., Any], **meta: Any) -> Entry:
         if name in self._entries:
-            raise ConfigError(f"{self.kind} {name!r} is registered twice")
+            first, second = _origin(self._entries[name].meta), _origin(meta)
+            raise ConfigError(
+                f"{self.kind} {name!r} is registered twice: by {first} and by {second}; "
+                "rename one of them"
+            )
         entry = Entry(name, target, dict(meta))
         self._entries[name] = entry
         return entry
@@ -107,6 +111,13 @@ class Registry:
             return self._entries[name]
         except KeyError:
             raise UnknownNameError(unknown_name_message(self.kind, name, self._entries)) from None
+
+
+def _origin(meta: Mapping[str, Any]) -> str:
+    """Where an entry came from, for error messages: its card file, else its source."""
+    if meta.get("card"):
+        return f"card {meta['card']}"
+    return f"source {meta.get('source', 'unknown')!r}"
 
 
 def unknown_name_message(kind: str, name: str, known: Any) -> str:

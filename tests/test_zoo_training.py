@@ -129,6 +129,23 @@ def test_model_dirs_must_be_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         model_registry.cache_clear()
 
 
+def test_duplicate_model_name_names_both_cards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = REPO_ROOT / "models" / "cnniqa-builtin" / "card.toml"
+    copy = tmp_path / "mine" / "card.toml"
+    copy.parent.mkdir()
+    copy.write_text(shipped.read_text())
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(tmp_path))
+    model_registry.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="registered twice") as err:
+            create_model("cnniqa-builtin")
+        assert str(shipped) in str(err.value) and str(copy) in str(err.value)
+    finally:
+        model_registry.cache_clear()
+
+
 def write_small_card(folder: Path, widths: list[int]) -> dict:
     """A zoo card for a tiny resnet_small whose checkpoint is folder/model.safetensors."""
     card = {
