@@ -81,6 +81,8 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "N/A": "Attack cells that do not apply to this model (e.g. gradient attacks on a model "
     "without input gradient).",
     "Failed": "Attack cells that failed or produced no finite score (see the failures table).",
+    "Note": "Caveats of the row: for a purified model, how gradient attacks reached it (BPDA "
+    "and its stand-in for a non-differentiable purifier, EOT draws for a random one).",
 }
 
 
@@ -185,7 +187,7 @@ def _model_rows(cells: pd.DataFrame) -> pd.DataFrame:
         }
         clean = best_clean.loc[(model, dataset)]
         row.update({c: clean[c] for c in _CLEAN_COLS})
-        notes = []
+        notes = [f"attacker: {first['adaptive']}"] if first.get("adaptive") else []
         if len(counted):
             worst = counted.sort_values(
                 ["effect", "attack"], ascending=[False, True], kind="stable"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -474,6 +474,20 @@ def certified_gain(
     return float(lipschitz) * radius / (float(score_range[1]) - float(score_range[0]))
 
 
+def adaptive_attack_note(extra: Mapping[str, Any]) -> str:
+    """How gradient attacks reached a purified model (BPDA stand-in, EOT draws), or "".
+
+    Why: a defense's gain means little without knowing whether the attacker saw through it;
+    results stored before `attacker_backward` was recorded used the identity for BPDA.
+    """
+    parts = []
+    if extra.get("bpda"):
+        parts.append(f"BPDA through {extra.get('attacker_backward') or 'identity'}")
+    if int(extra.get("eot_samples") or 1) > 1:
+        parts.append(f"EOT over {int(extra['eot_samples'])} draws")
+    return ", ".join(parts)
+
+
 def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Every score of one cell as a flat dict (one row of the per-cell table).
 
@@ -509,6 +523,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
         "params": info.get("params"),
         "n_images": len(cell),
         "normalization": qmap.method,
+        "adaptive": adaptive_attack_note(info.get("extra") or {}),
     }
     if qmap.method == "undefined":
         notes.append("no finite clean score and no declared range: scores cannot be normalised")

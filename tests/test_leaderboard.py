@@ -264,3 +264,19 @@ def test_certified_cap_shown_where_a_bound_is_known(tmp_path):
     assert math.isnan(row.loc["plain", "certified_gain"])
     html = render_html([cell], tmp_path / "x.html", n_boot=NB).read_text()
     assert "Certified cap" in html and f"{cap:.4f}" in html
+
+
+def test_a_purified_model_says_how_it_was_attacked() -> None:
+    """A defense's gain is only meaningful with the attacker's route through it beside it."""
+    jpeg = make_cell("jpeg50+m", "pgd", 0.05)
+    jpeg.model_info["extra"] = {"bpda": True, "attacker_backward": "differentiable JPEG"}
+    old = make_cell("bits4+m", "pgd", 0.05)
+    old.model_info["extra"] = {"bpda": True}  # stored before the backward was recorded
+    eot = make_cell("resize1.15+m", "pgd", 0.05)
+    eot.model_info["extra"] = {"bpda": False, "eot_samples": 8}
+    plain = make_cell("m", "pgd", 0.1)
+    notes = build_tables([jpeg, old, eot, plain], n_boot=NB).rows.set_index("model")["note"]
+    assert notes["jpeg50+m"] == "attacker: BPDA through differentiable JPEG"
+    assert notes["bits4+m"] == "attacker: BPDA through identity"
+    assert notes["resize1.15+m"] == "attacker: EOT over 8 draws"
+    assert "attacker" not in notes["m"]
