@@ -42,6 +42,10 @@ from benchmark.store import ResultStore
 log = logging.getLogger(__name__)
 
 DECODED_CACHE_BYTES = 1 << 30  # per (model, dataset) group
+# Images the input-gradient check looks at, whatever the batch size: an FR metric's gradient
+# is exactly zero on an image equal to its reference (a builtin split starts with one), so a
+# batch of one must not decide for the whole run that the model has no gradient.
+GRADIENT_PROBE_IMAGES = 8
 
 
 @dataclass(frozen=True)
@@ -168,9 +172,10 @@ def check_gradient(model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -
     nonzero = flat.abs().nan_to_num(0.0).amax(dim=1) > 0
     if (finite & nonzero).any():
         return True, ""
+    n = len(flat)
     if not finite.any():
-        return False, "the input gradient is not finite on any image of the first batch"
-    return False, "the input gradient is exactly zero everywhere"
+        return False, f"the input gradient is not finite on any of the {n} image(s) checked"
+    return False, f"the input gradient is exactly zero on all {n} image(s) checked"
 
 
 # -- one (model, dataset) group -------------------------------------------------------------
@@ -291,8 +296,17 @@ class GroupContext:
         missing = [i for i in batch.ids if i not in self.clean]
         if missing:
             if self.gradient_ok is None:
+                probe = batch
+                if len(batch.ids) < GRADIENT_PROBE_IMAGES:  # the run's first images, batch or not
+                    probe = self._on_device(
+                        next(
+                            self.dataset.batches(
+                                GRADIENT_PROBE_IMAGES, self.cfg.limit, self.cfg.sample
+                            )
+                        )
+                    )
                 self.gradient_ok, self.gradient_reason = check_gradient(
-                    self.attacker, batch.images, self.attacker_ref(batch)
+                    self.attacker, probe.images, self.attacker_ref(probe)
                 )
                 if not self.gradient_ok:
                     log.warning(

@@ -204,3 +204,22 @@ def test_exclude_leaves_models_out(setup, capsys):
     assert [c.key.model for c in ResultStore(setup["out"]).read_cells()] == ["ssim"]
     assert main([*run_args(setup, "ssim"), "--exclude", "ssmi"]) == 2  # typos are caught
     assert "did you mean 'ssim'" in capsys.readouterr().err
+
+
+def test_a_batch_at_its_reference_does_not_decide_that_a_metric_has_no_gradient(
+    tiny_root: Path,
+) -> None:
+    """With batches of one, the first image of a builtin split is pristine, where PSNR's
+    input gradient is exactly zero; the check must look further and attack the metric."""
+    from benchmark.datasets.builtin import BuiltinDataset
+    from benchmark.runner import RunConfig, plan_cells, run_group
+
+    cfg = RunConfig(models=("psnry",), attacks=("ifgsm",), batch_size=1, params={"steps": 2})
+    done = []
+    run_group(cfg, "psnry", plan_cells(cfg), lambda cell, _: done.append(cell), progress=False,
+              dataset=BuiltinDataset(tiny_root, "test"))  # fmt: skip
+    (cell,) = done
+    assert str(cell.image_id[0]).endswith("pristine.png")
+    assert cell.status == "done" and cell.gradient == "ok"
+    distorted = ~np.char.endswith(cell.image_id.astype(str), "pristine.png")
+    assert (cell.attacked[distorted] > cell.clean[distorted]).all()  # I-FGSM inflates PSNR
