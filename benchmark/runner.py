@@ -42,8 +42,8 @@ from benchmark.store import ResultStore
 log = logging.getLogger(__name__)
 
 DECODED_CACHE_BYTES = 1 << 30  # per (model, dataset) group
-# Images the input-gradient check looks at, whatever the batch size: an FR metric's gradient
-# is exactly zero on an image equal to its reference (a builtin split starts with one), so a
+# Fewest images the input-gradient check decides "no gradient" on: an FR metric's gradient is
+# exactly zero on an image equal to its reference (a builtin split starts with one), so a
 # batch of one must not decide for the whole run that the model has no gradient.
 GRADIENT_PROBE_IMAGES = 8
 
@@ -296,18 +296,14 @@ class GroupContext:
         missing = [i for i in batch.ids if i not in self.clean]
         if missing:
             if self.gradient_ok is None:
-                probe = batch
-                if len(batch.ids) < GRADIENT_PROBE_IMAGES:  # the run's first images, batch or not
-                    probe = self._on_device(
-                        next(
-                            self.dataset.batches(
-                                GRADIENT_PROBE_IMAGES, self.cfg.limit, self.cfg.sample
-                            )
-                        )
+                ok, why = check_gradient(self.attacker, batch.images, self.attacker_ref(batch))
+                if not ok and len(batch.ids) < GRADIENT_PROBE_IMAGES:  # too few to decide
+                    probe = next(
+                        self.dataset.batches(GRADIENT_PROBE_IMAGES, self.cfg.limit, self.cfg.sample)
                     )
-                self.gradient_ok, self.gradient_reason = check_gradient(
-                    self.attacker, probe.images, self.attacker_ref(probe)
-                )
+                    probe = self._on_device(probe)
+                    ok, why = check_gradient(self.attacker, probe.images, self.attacker_ref(probe))
+                self.gradient_ok, self.gradient_reason = ok, why
                 if not self.gradient_ok:
                     log.warning(
                         "%s: gradient none (%s); gradient attacks are not applicable",
