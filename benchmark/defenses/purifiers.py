@@ -40,6 +40,11 @@ EOT_SAMPLES = 8
 _SPEC = re.compile(r"^(jpeg|bits|median|blur|resize)(\d+(?:\.\d+)?)\+(.+)$")
 
 
+def _grad_wanted(x: torch.Tensor) -> bool:
+    """Whether an input gradient is being taken: only then pay for EOT or a BPDA stand-in."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def _bpda(approx: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
     """Forward: the purified image; backward: that of `approx` (the input for straight-through)."""
     return approx + (purified - approx).detach()
@@ -47,13 +52,15 @@ def _bpda(approx: torch.Tensor, purified: torch.Tensor) -> torch.Tensor:
 
 class Purifier(nn.Module):
     stochastic = False
-    bpda = False
     #: what the attacker differentiates through: the purifier itself, or its BPDA stand-in
     backward = "exact"
 
+    @property
+    def bpda(self) -> bool:
+        return self.backward != "exact"
+
 
 class JPEG(Purifier):
-    bpda = True
     backward = "differentiable JPEG (kornia, Reich et al. 2024)"
 
     def __init__(self, quality: float) -> None:
@@ -72,16 +79,15 @@ class JPEG(Purifier):
             Image.fromarray(img).save(buf, format="JPEG", quality=self.quality)
             dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
             out[i] = torch.from_numpy(dec.copy()).permute(2, 0, 1).to(x.dtype) / 255
-        if not (x.requires_grad and torch.is_grad_enabled()):  # scoring pays only the real codec
+        if not _grad_wanted(x):  # scoring pays only the real codec
             return out
         from kornia.enhance import jpeg_codec_differentiable  # 0.35 s to import; attacks only
 
         quality = torch.tensor([float(self.quality)], device=x.device, dtype=x.dtype)
-        return _bpda(jpeg_codec_differentiable(x, quality), out.to(x.device))
+        return _bpda(jpeg_codec_differentiable(x, quality), out)
 
 
 class BitDepth(Purifier):
-    bpda = True
     backward = "identity"
 
     def __init__(self, bits: float) -> None:
@@ -166,7 +172,7 @@ class PurifiedNet(nn.Module):
         self.eot = eot
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        draws = self.eot if (self.purifier.stochastic and x.requires_grad) else 1
+        draws = self.eot if (self.purifier.stochastic and _grad_wanted(x)) else 1
         # a full-reference base compares against the clean reference, itself unpurified
         scores = [self.base.score(self.purifier(x), ref) for _ in range(draws)]
         return torch.stack(scores).mean(dim=0)
@@ -191,7 +197,13 @@ def purified_model(name: str, base: IQAModel) -> IQAModel:
         source="defense",
         base=base.name,
         description=f"{kind} {value:g} purification in front of {base.name}",
-        extra={**base.info.extra, "purifier": kind, "purifier_param": value,
-               "bpda": purifier.bpda, "attacker_backward": purifier.backward, "eot_samples": EOT_SAMPLES if purifier.stochastic else 1},
-    )  # fmt: skip
+        extra={
+            **base.info.extra,
+            "purifier": kind,
+            "purifier_param": value,
+            "bpda": purifier.bpda,
+            "attacker_backward": purifier.backward,
+            "eot_samples": EOT_SAMPLES if purifier.stochastic else 1,
+        },
+    )
     return IQAModel(PurifiedNet(purifier, base), info)
