@@ -260,6 +260,8 @@ class GroupContext:
         if self.cfg.batch_size is not None:
             self.batch_size = self.cfg.batch_size
             return
+        if self.attacker.info.kind == "FR" and not self.dataset.info.has_refs:
+            return  # every cell is "not applicable": nothing to run, nothing to measure
         n = len(spread(self.dataset.ids(), self.cfg.sample))
         if self.cfg.limit is not None:
             n = min(n, self.cfg.limit)

@@ -176,7 +176,7 @@ def test_plugin_from_file_and_module_targets(tmp_path, fresh_registry):
 
     pgd = create_attack("benchmark.attacks.gradient:PGD", eps="2/255", steps=2)
     assert isinstance(pgd, PGD) and pgd.info.family == "plugin" and pgd.steps == 2
-    with pytest.raises(ConfigError, match="no default eps"):
+    with pytest.raises(ConfigError, match="no default eps; give one with --eps"):
         create_attack("benchmark.attacks.gradient:PGD")
     with pytest.raises(ConfigError, match="not an Attack subclass"):
         create_attack("benchmark.budget:Fraction", eps=0.1)

@@ -181,7 +181,9 @@ def create_attack(
     factory = card.load()
     if eps is None:
         if card.eps is None:
-            raise ConfigError(f"attack {card.name!r} declares no default eps; give one")
+            raise ConfigError(
+                f"attack {card.name!r} declares no default eps; give one with --eps, e.g. --eps 4/255"
+            )
         budget = card.eps
     else:
         budget = parse_budget(eps)
