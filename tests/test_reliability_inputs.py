@@ -22,7 +22,7 @@ def _png(path: Path, seed: int) -> None:
     Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(path, format="PNG")
 
 
-def test_non_utf8_file_name_is_loaded_and_stored(tmp_path: Path):
+def test_non_utf8_file_name_is_loaded_and_stored(tmp_path: Path, caplog):
     folder = tmp_path / "imgs"
     folder.mkdir()
     _png(folder / "good.png", 0)
@@ -33,6 +33,10 @@ def test_non_utf8_file_name_is_loaded_and_stored(tmp_path: Path):
     loaded = [s.image_id for s in ds]
     assert "good.png" in loaded and "bad\\xff.png" in loaded
     assert list(ds.skipped) == ["broken.png"] and "broken.png" in ds.skipped["broken.png"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="benchmark"):
+        assert [s.image_id for s in ds] == loaded  # a second pass: same images, no new warning
+    assert not caplog.records
 
 
 class _Bomb:

@@ -76,8 +76,9 @@ class IQADataset(ABC):
             try:
                 yield self.load(image_id)
             except DataError as exc:
+                if image_id not in self.skipped:  # once per dataset, not once per pass
+                    log.warning("skipping %s: %s", image_id, exc)
                 self.skipped[image_id] = str(exc)
-                log.warning("skipping %s: %s", image_id, exc)
 
     def batches(
         self, batch_size: int, limit: int | None = None, sample: int | None = None
