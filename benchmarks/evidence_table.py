@@ -1,6 +1,7 @@
 """Print the README's evidence tables from a results file: base vs RobustBlock vs defenses.
 
-    python benchmarks/evidence_table.py results/evidence.h5 [--timing-images 8]
+    python benchmarks/evidence_table.py results/evidence.h5 [more.h5 ...] [--timing-images 8]
+        [--family BASE]
 
 Every number comes from the stored cells (the same scoring as the leaderboard: worst-case
 absolute gain over the attacks run, bootstrap CIs, robustness score, certified cap) except
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-images", type=int, default=8, help="0 skips the timing")
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--direction", default="up")
+    p.add_argument(
+        "--family",
+        help="only this base model and what wraps it (its defenses, its robust- version)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # comparable ratios on a shared machine
 
@@ -148,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         print("no stored cell for that direction", file=sys.stderr)
         return 1
     models = list(dict.fromkeys(rows.sort_values("model")["model"]))
+    if args.family:
+        models = [m for m in models if base_of(m) == args.family]
+        if not models:
+            print(f"no stored model of the {args.family!r} family", file=sys.stderr)
+            return 1
+        rows = rows[rows["model"].isin(models)]
     order = sorted(models, key=lambda m: (base_of(m), m != base_of(m), m))
     ms = inference_ms(order, args.timing_images) if args.timing_images > 0 else {}
     corr = {m: test_split_correlations(m) for m in order}
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     cells = tables.cells[tables.cells["direction"] == args.direction]
+    cells = cells[cells["model"].isin(order)]
     for (norm, eps_label), group in cells.groupby(["norm", "eps_label"], sort=True):
         print(f"\n### absolute gain per attack, {norm} eps {eps_label}\n")
         mat = group.pivot_table(index="model", columns="attack", values="abs_gain", aggfunc="first")
