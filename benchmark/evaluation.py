@@ -157,9 +157,14 @@ def evaluate_model(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    preds = predict(
-        model, dataset, batch_size=batch_size, device=device, limit=limit, progress=progress
-    )
+    from benchmark.attacks.utils import seeded_rng
+
+    # A stochastic model (random resize-and-pad) draws from the global RNG: seeding it here
+    # makes `evaluate` and the cards reproducible without touching the caller's stream.
+    with seeded_rng(seed, torch.device(device)):
+        preds = predict(
+            model, dataset, batch_size=batch_size, device=device, limit=limit, progress=progress
+        )
     report = correlation_report(preds.scores, preds.mos, preds.groups, n_boot=n_boot, seed=seed)
     report["dataset"] = dataset.name
     report["split"] = dataset.info.split
@@ -191,7 +196,9 @@ def add_evaluate_parser(subparsers: Any) -> None:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
-    e.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    e.add_argument(
+        "--seed", type=int, default=0, help="bootstrap seed; also seeds a stochastic model's draws"
+    )
     e.add_argument("--json", default=None, metavar="FILE", help="also write the reports as JSON")
     e.set_defaults(func=cmd_evaluate)
 

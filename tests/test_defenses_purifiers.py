@@ -153,3 +153,17 @@ def test_purifiers_chain_and_record_their_base() -> None:
     x = _photos(32).requires_grad_(True)
     model.quality(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_evaluating_a_stochastic_purifier_is_reproducible(tiny_root) -> None:
+    from benchmark.datasets.builtin import BuiltinDataset
+    from benchmark.evaluation import evaluate_model
+
+    model = create_model("resize1.15+cnniqa-builtin")
+    test = BuiltinDataset(tiny_root, "test")
+    first = evaluate_model(model, test, n_boot=20)
+    torch.manual_seed(123)  # the caller's RNG state must not matter
+    again = evaluate_model(model, test, n_boot=20)
+    assert first["srocc"] == again["srocc"] and first["plcc"] == again["plcc"]
+    other = evaluate_model(model, test, n_boot=20, seed=1)
+    assert other["plcc"] != first["plcc"]  # the draws are really random, and seeded
