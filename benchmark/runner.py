@@ -242,6 +242,13 @@ class GroupContext:
     def attacker_ref(self, batch: Batch) -> torch.Tensor | None:
         return batch.refs if self.attacker.info.kind == "FR" else None
 
+    @property
+    def missing_refs(self) -> str | None:
+        """Why no cell of this group can run (an FR model on a dataset without references)."""
+        if self.model.info.kind == "FR" and not self.dataset.info.has_refs:
+            return f"full-reference model; dataset {self.dataset.name!r} has no reference images"
+        return None
+
     def refs_for(self, batch: Batch) -> torch.Tensor | None:
         if self.model.info.kind != "FR":
             return None
@@ -260,7 +267,7 @@ class GroupContext:
         if self.cfg.batch_size is not None:
             self.batch_size = self.cfg.batch_size
             return
-        if self.attacker.info.kind == "FR" and not self.dataset.info.has_refs:
+        if self.missing_refs:
             return  # every cell is "not applicable": nothing to run, nothing to measure
         n = len(spread(self.dataset.ids(), self.cfg.sample))
         if self.cfg.limit is not None:
@@ -326,9 +333,8 @@ def _attack_batches(
     ctx: GroupContext, key: CellKey, attack: Attack, rows: dict[str, list[Any]], progress: bool
 ) -> tuple[str, str]:
     """Fill `rows` batch by batch; returns (status, reason). Raises on failure."""
-    if ctx.model.info.kind == "FR" and not ctx.dataset.info.has_refs:
-        reason = f"full-reference model; dataset {ctx.dataset.name!r} has no reference images"
-        return "not_applicable", reason
+    if ctx.missing_refs:
+        return "not_applicable", ctx.missing_refs
     fitted = not attack.info.trainable
     status, reason = "done", ""
     desc = f"{key.model} {key.attack}@{budget_label(key.eps)} {key.direction}"
