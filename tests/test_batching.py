@@ -35,7 +35,9 @@ def test_per_batch_overhead_makes_it_batch_up_to_the_limit():
 
 
 def test_no_gain_from_batching_keeps_the_smallest_size():
-    choice = choose_batch_size(timed_model(0.0, 0.02), torch.rand(2, 3, 8, 8), max_size=64)
+    # 80 ms per image: the ~2 ms a call really costs on a loaded machine (sleep overshoot,
+    # backward) stays well inside the 5% tolerance; at 20 ms it made batch 4 look 11% faster
+    choice = choose_batch_size(timed_model(0.0, 0.08), torch.rand(2, 3, 8, 8), max_size=64)
     assert choice.size <= 2 and choice.why == "throughput saturated"
     assert max(choice.per_image_ms) < 64  # stopped doubling once nothing improved
 
