@@ -2,7 +2,9 @@
 
 Metrics are created with `as_loss=True, loss_reduction="none"`: pyiqa's default
 (`as_loss=False`) wraps the forward in `torch.set_grad_enabled(False)`, which would
-make every gradient attack silently find nothing.
+make every gradient attack silently find nothing. Their float64 convolutions run through
+the FFT on the CPU (`benchmark.fftconv`): same numbers to float64 rounding, 30-40x faster
+for SSIM, SSIM-C and MS-SSIM.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from benchmark.errors import ModelUnavailable
+from benchmark.fftconv import fast_float64_conv
 from benchmark.models.base import IQAModel, ModelInfo, count_parameters
 from benchmark.offline import explain_load_failure, no_downloads
 
@@ -73,7 +76,8 @@ class PyiqaNet(torch.nn.Module):
         self.kind = kind
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.metric(x, ref) if self.kind == "FR" else self.metric(x)
+        with fast_float64_conv():
+            out = self.metric(x, ref) if self.kind == "FR" else self.metric(x)
         return out[0] if isinstance(out, tuple) else out
 
 
