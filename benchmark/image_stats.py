@@ -2,9 +2,11 @@
 
 SSIM is the one pyiqa computes (`pyiqa.archs.ssim_arch.ssim` on the YIQ luma, 11x11
 Gaussian window of sigma 1.5, 'valid' borders, non-negative contrast-structure term), with
-the five window means taken by one grouped convolution instead of five calls: the runner
-computes it for every attacked image, and pyiqa's version cost about as much as scoring a
-cheap model (equal to float rounding, tested; measured 1.9x faster on 16 images of 192 x 160).
+the five window means taken by one grouped convolution with the Gaussian split into its two
+1-D factors: the runner computes it for every attacked image, where pyiqa's version cost
+about as much as scoring a cheap model. In float32, within 1e-5 of pyiqa's float64 (tested);
+the 1-D passes are both faster (2.0 against 4.1 ms per 192x192 image on one thread) and
+closer (3e-6 against 1e-4 on flat images) than one 11x11 float32 convolution.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ WINDOW, SIGMA = 11, 1.5
 C1, C2 = 0.01**2, 0.03**2  # data range 1
 
 
-def _window(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """pyiqa's `fspecial(11, 1.5)`: a normalised Gaussian (no tap is small enough to zero)."""
+def _window_1d(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One factor of pyiqa's `fspecial(11, 1.5)`, a normalised 2-D Gaussian that is exactly
+    the outer product of two of these (no tap is small enough for fspecial to zero)."""
     t = torch.arange(WINDOW, dtype=torch.float64) - (WINDOW - 1) / 2
     g = torch.exp(-(t * t) / (2 * SIGMA * SIGMA))
-    w = g[:, None] * g[None, :]
-    return (w / w.sum()).to(device, dtype).view(1, 1, WINDOW, WINDOW)
+    return (g / g.sum()).to(device, dtype)
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
@@ -39,9 +41,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"SSIM needs images of at least {WINDOW}x{WINDOW}, got {tuple(x.shape)}")
     x, y = luma(x), luma(y)
     maps = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    mu_x, mu_y, m_xx, m_yy, m_xy = F.conv2d(
-        maps, _window(x.device, x.dtype).expand(5, 1, WINDOW, WINDOW), groups=5
-    ).unbind(dim=1)
+    g = _window_1d(x.device, x.dtype)
+    maps = F.conv2d(maps, g.view(1, 1, 1, WINDOW).expand(5, 1, 1, WINDOW), groups=5)
+    maps = F.conv2d(maps, g.view(1, 1, WINDOW, 1).expand(5, 1, WINDOW, 1), groups=5)
+    mu_x, mu_y, m_xx, m_yy, m_xy = maps.unbind(dim=1)
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     var_x, var_y, cov = m_xx - mu_xx, m_yy - mu_yy, m_xy - mu_xy
     cs = F.relu((2 * cov + C2) / (var_x + var_y + C2))
