@@ -42,6 +42,22 @@ def _padding(
     return pw, pw, ph, ph
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """torch's FFTs round differently with the thread count (by an ulp, on some sizes), and a
+    Ray worker (one thread) must score exactly as a local run (two): transform on one thread.
+    The FFTs are a small part of the convolution's cost."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def conv2d_fft(
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -77,8 +93,9 @@ def conv2d_fft(
     h, w = x.shape[-2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    spec_x = torch.fft.rfft2(x, s=(h, w))
-    spec_k = torch.fft.rfft2(torch.flip(weight, dims=(-2, -1)), s=(h, w))
+    with _one_thread():
+        spec_x = torch.fft.rfft2(x, s=(h, w))
+        spec_k = torch.fft.rfft2(torch.flip(weight, dims=(-2, -1)), s=(h, w))
     c_out_g = c_out // groups
     fh, fw = spec_x.shape[-2:]
     spec_x = spec_x.reshape(n, groups, c_in_g, fh, fw)
@@ -87,7 +104,8 @@ def conv2d_fft(
         spec_y = spec_x * spec_k.squeeze(2).unsqueeze(0)
     else:
         spec_y = torch.einsum("ngchw,gochw->ngohw", spec_x, spec_k)
-    y = torch.fft.irfft2(spec_y.reshape(n, c_out, fh, fw), s=(h, w))
+    with _one_thread():
+        y = torch.fft.irfft2(spec_y.reshape(n, c_out, fh, fw), s=(h, w))
     y = y[..., kh - 1 :: sh, kw - 1 :: sw]
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)

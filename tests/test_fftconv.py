@@ -104,3 +104,19 @@ def test_pyiqa_metrics_score_and_differentiate_as_without_it(name: str, photo_pa
     (s0, g0), (s1, g1) = outputs
     assert torch.allclose(s0, s1, rtol=1e-10, atol=0)
     assert torch.allclose(g0, g1, rtol=1e-6, atol=1e-9 * g0.abs().max().item())
+
+
+def test_result_does_not_depend_on_the_thread_count() -> None:
+    """A Ray worker runs with one thread, a local run with several: same bits either way."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(4, 5, 64, 64, dtype=torch.float64, generator=g)  # a size where it mattered
+    w = torch.rand(5, 1, 11, 11, dtype=torch.float64, generator=g)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 4):
+            torch.set_num_threads(threads)
+            outs.append(conv2d_fft(x, w, groups=5))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
