@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmark.attacks.utils import seeded_rng
 from benchmark.datasets.base import IQADataset
 from benchmark.errors import ConfigError, DataError, NonFiniteScore
 from benchmark.scores import (
@@ -157,8 +158,6 @@ def evaluate_model(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
-    from benchmark.attacks.utils import seeded_rng
-
     # A stochastic model (random resize-and-pad) draws from the global RNG: seeding it here
     # makes `evaluate` and the cards reproducible without touching the caller's stream.
     with seeded_rng(seed, torch.device(device)):

@@ -1,9 +1,10 @@
-"""Forward+backward time of pyiqa's float64 metrics with and without the FFT convolution.
+"""Forward+backward time of pyiqa's metrics called directly and through the adapter (whose
+float64 convolutions run through the FFT).
 
     python benchmarks/fftconv_speed.py [--images 8] [--repeats 3]
 
 One process, the same builtin test images, the median of repeats for each; prints the
-ratio (direct / FFT) and the largest relative difference of scores and input gradients.
+ratio (pyiqa / adapter) and the largest relative difference of scores and input gradients.
 """
 
 from __future__ import annotations
@@ -11,21 +12,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from unittest import mock
 
 import torch
 
-from benchmark import fftconv
 from benchmark.datasets.registry import create_dataset
+from benchmark.models.pyiqa_adapter import pyiqa_metric
 from benchmark.models.registry import create_model
 
 METRICS = ("ssim", "ssimc", "ms_ssim", "cw_ssim", "vif", "vsi", "fsim")
 
 
-def fwd_bwd(model, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
+def fwd_bwd(score, x: torch.Tensor, ref: torch.Tensor) -> tuple[float, torch.Tensor, torch.Tensor]:
     xi = x.clone().requires_grad_(True)
     t0 = time.perf_counter()
-    s = model.score(xi, ref)
+    s = score(xi, ref).reshape(-1)
     (g,) = torch.autograd.grad(s.sum(), xi)
     return time.perf_counter() - t0, s.detach(), g
 
@@ -38,19 +38,17 @@ def main() -> None:
     batch = next(create_dataset("builtin", "test").batches(args.images))
     x, ref = batch.images, batch.refs
     print(f"{args.images} images {tuple(x.shape[1:])}, {torch.get_num_threads()} threads")
-    print("| metric | direct s | FFT s | direct / FFT | max rel diff score | max rel diff grad |")
+    print(
+        "| metric | pyiqa s | adapter s | pyiqa / adapter | max rel diff score | max rel diff grad |"
+    )
     print("|---|---|---|---|---|---|")
     for name in METRICS:
-        model = create_model(name)
+        scorers = {False: pyiqa_metric(name), True: create_model(name).score}
         times: dict[bool, list[float]] = {False: [], True: []}
         out = {}
         for _ in range(args.repeats):
-            for reroute in (False, True):
-                if reroute:
-                    t, s, g = fwd_bwd(model, x, ref)
-                else:
-                    with mock.patch.object(fftconv, "_rerouted", return_value=False):
-                        t, s, g = fwd_bwd(model, x, ref)
+            for reroute, score in scorers.items():
+                t, s, g = fwd_bwd(score, x, ref)
                 times[reroute].append(t)
                 out[reroute] = (s, g)
         direct, fft = (statistics.median(times[k]) for k in (False, True))

@@ -81,14 +81,20 @@ class PyiqaNet(torch.nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def create_pyiqa_model(name: str, device: str | torch.device = "cpu") -> IQAModel:
+def pyiqa_metric(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """pyiqa's own metric with gradients on, never downloading: what the adapter wraps, and
+    the reference its numbers are tested against."""
     import pyiqa
 
+    with no_downloads():
+        return pyiqa.create_metric(
+            name, as_loss=True, loss_reduction="none", device=torch.device(device)
+        )
+
+
+def create_pyiqa_model(name: str, device: str | torch.device = "cpu") -> IQAModel:
     try:
-        with no_downloads():
-            metric = pyiqa.create_metric(
-                name, as_loss=True, loss_reduction="none", device=torch.device(device)
-            )
+        metric = pyiqa_metric(name, device)
     except Exception as exc:  # any constructor failure is "unavailable here", with the reason
         raise ModelUnavailable(
             f"pyiqa model {name!r} is unavailable: {explain_load_failure(exc)}"
@@ -130,13 +136,8 @@ def _weights_fingerprint() -> str:
 
 
 def _probe(name: str) -> Availability:
-    import pyiqa
-
     try:
-        with no_downloads():
-            pyiqa.create_metric(
-                name, as_loss=True, loss_reduction="none", device=torch.device("cpu")
-            )
+        pyiqa_metric(name)
     except Exception as exc:
         return Availability(False, explain_load_failure(exc))
     return Availability(True, "weights present" if _needs_weights(name) else "no weights needed")
