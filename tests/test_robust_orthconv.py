@@ -165,3 +165,46 @@ def test_weight_gradient_reaches_every_parameter():
     layer(x).sin().sum().backward()
     assert torch.isfinite(layer.weight.grad).all() and layer.weight.grad.abs().sum() > 0
     assert layer.bias.grad.abs().sum() > 0
+
+
+def _corrupt_first_calls(monkeypatch, n_bad: int) -> list[int]:
+    """Make the first `n_bad` LU factorisations return pivots of 0 for half the batch, as
+    oneMKL's batched complex getrf did once under full CPU load."""
+    real = torch.linalg.lu_factor_ex
+    calls: list[int] = []
+
+    def flaky(a, **kw):
+        lu, piv, info = real(a, **kw)
+        calls.append(torch.get_num_threads())
+        if len(calls) <= n_bad:
+            piv = piv.clone()
+            piv[: max(1, len(piv) // 2)] = 0
+        return lu, piv, info
+
+    monkeypatch.setattr(torch.linalg, "lu_factor_ex", flaky)
+    return calls
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_invalid_lapack_pivots_are_caught_and_retried_on_one_thread(
+    monkeypatch, caplog, training
+):
+    torch.manual_seed(0)
+    layer = OrthConv2d(4, 6, 3).train(training)
+    x = torch.randn(2, 4, 8, 8)
+    want = layer(x).detach()
+    layer._cache.clear()
+    calls = _corrupt_first_calls(monkeypatch, 1)
+    with caplog.at_level("WARNING", logger="benchmark.robust.orthconv"):
+        got = layer(x)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.isclose(got.norm(), x.norm(), rtol=1e-5)
+    assert calls[1] == 1  # the retry ran on one thread
+    assert "invalid pivots" in caplog.text
+
+
+def test_persistently_invalid_pivots_raise_a_clear_error(monkeypatch):
+    layer = OrthConv2d(4, 4, 3).eval()
+    _corrupt_first_calls(monkeypatch, 10)
+    with pytest.raises(FloatingPointError, match="even on one thread"):
+        layer(torch.randn(1, 4, 8, 8))

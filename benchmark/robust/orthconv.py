@@ -24,6 +24,7 @@ cross-correlation like `F.conv2d` with circular padding), with taps `t` centred 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 
@@ -32,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["OrthConv2d", "space_to_depth"]
+
+log = logging.getLogger(__name__)
 
 
 def space_to_depth(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -58,6 +61,57 @@ def _dft_matrix(n: int, taps: int, n_freq: int, dtype: torch.dtype, device: torc
     return torch.polar(torch.ones_like(ang), ang).to(dtype)
 
 
+def _bad_pivots(piv: torch.Tensor, info: torch.Tensor, n: int) -> int:
+    """How many matrices of the batch came back with pivots outside 1..n or a LAPACK error."""
+    bad = ((piv < 1) | (piv > n)).any(dim=-1) | (info != 0)
+    return int(bad.sum())
+
+
+def lu_factor_checked(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.linalg.lu_factor` whose pivots are checked on the CPU, with one retry on one thread.
+
+    M = I + A with A skew-Hermitian has eigenvalues 1 + i*lambda, so it is never singular: a bad
+    pivot is the LAPACK call's fault, not the matrix's. It has been seen once per ~25-model run
+    under full CPU load (oneMKL's batched complex getrf returned pivots of 0 for some of the
+    batch, then "Parameter 6 was incorrect on entry to CLASWP" and a failed solve), and never
+    when the same model ran alone. The check costs one pass over the int32 pivots; on CUDA it
+    is skipped because it would add a host-device sync to every forward.
+    """
+    lu, piv, info = torch.linalg.lu_factor_ex(m)
+    if m.device.type != "cpu":
+        return lu, piv
+    n = m.shape[-1]
+    bad = _bad_pivots(piv, info, n)
+    if not bad:
+        return lu, piv
+    finite = bool(torch.isfinite(torch.view_as_real(m) if m.is_complex() else m).all())
+    log.warning(
+        "OrthConv2d: LU factorisation returned invalid pivots for %d of %d matrices "
+        "(%dx%d, %s, entries %s, %d threads); retrying on one thread",
+        bad,
+        m.shape[:-2].numel(),
+        n,
+        n,
+        m.dtype,
+        "finite" if finite else "NOT finite",
+        torch.get_num_threads(),
+    )
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lu, piv, info = torch.linalg.lu_factor_ex(m.clone())
+    finally:
+        torch.set_num_threads(before)
+    bad = _bad_pivots(piv, info, n)
+    if bad:
+        raise FloatingPointError(
+            f"OrthConv2d: LU factorisation of I + A failed for {bad} of {m.shape[:-2].numel()} "
+            f"matrices even on one thread (entries {'finite' if finite else 'NOT finite'}); "
+            "the layer's weights or the LAPACK library are broken"
+        )
+    return lu, piv
+
+
 class _SolveLU(torch.autograd.Function):
     """`z = M^{-1} x` for a batch of matrices; backward reuses the forward LU (no refactoring).
 
@@ -66,7 +120,7 @@ class _SolveLU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        lu, piv = torch.linalg.lu_factor(m)
+        lu, piv = lu_factor_checked(m)
         z = torch.linalg.lu_solve(lu, piv, x)
         ctx.save_for_backward(lu, piv, z)
         return z
@@ -179,8 +233,9 @@ class OrthConv2d(nn.Module):
         """Q(f) for the rfft grid of an (h, w) input after space-to-depth: (h, w//2+1, c_out, c_in)."""
         mat, vf = self.spectrum(h, w)
         m = self.m
-        inv = torch.linalg.inv(mat)
-        eye = torch.eye(m, dtype=inv.dtype, device=inv.device)
+        lu, piv = lu_factor_checked(mat)
+        eye = torch.eye(m, dtype=mat.dtype, device=mat.device)
+        inv = torch.linalg.lu_solve(lu, piv, eye.expand_as(mat))
         q = 2 * inv - eye
         if self.out_channels > m:
             q = torch.cat([q, -2 * torch.matmul(vf, inv)], dim=1)
