@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
@@ -42,20 +43,52 @@ def _padding(
     return pw, pw, ph, ph
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch's FFTs round differently with the thread count (by an ulp, on some sizes), and a
-    Ray worker (one thread) must score exactly as a local run (two): transform on one thread.
-    The FFTs are a small part of the convolution's cost."""
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def _mirrored(w: int, wf: int) -> slice:
+    """Columns of a one-sided spectrum that stand for two columns of the full one."""
+    return slice(1, wf - 1 if w % 2 == 0 else wf)
+
+
+class _RFFT2(torch.autograd.Function):
+    """`rfft2` over the last two axes by scipy's pocketfft on one worker.
+
+    torch's CPU FFT (oneMKL) rounds an ulp differently with the thread count, and a Ray worker
+    (one thread) must score exactly as a local run (two). Pinning torch to one thread around
+    each transform fixed that but raced oneMKL's threaded LU in the same process (invalid
+    pivots under load); a single-worker pocketfft is thread-count invariant and touches no
+    global state. The backward is the adjoint, built from the same two functions.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.w = x.shape[-1]
+        out = scipy.fft.rfft2(x.detach().numpy(), axes=(-2, -1), workers=1)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        h, wf, w = g.shape[-2], g.shape[-1], ctx.w
+        g = g.clone()
+        g[..., _mirrored(w, wf)] *= 0.5  # irfft2 counts these twice (Hermitian extension)
+        return _IRFFT2.apply(g, w) * (h * w)
+
+
+class _IRFFT2(torch.autograd.Function):
+    """`irfft2` to width `w` over the last two axes, pocketfft on one worker (see `_RFFT2`)."""
+
+    @staticmethod
+    def forward(ctx, spec: torch.Tensor, w: int) -> torch.Tensor:  # type: ignore[override]
+        h = spec.shape[-2]
+        ctx.wf = spec.shape[-1]
+        out = scipy.fft.irfft2(spec.detach().numpy(), s=(h, w), axes=(-2, -1), workers=1)
+        return torch.from_numpy(out)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        h, w = g.shape[-2:]
+        spec = _RFFT2.apply(g) / (h * w)
+        spec = spec.clone()
+        spec[..., _mirrored(w, ctx.wf)] *= 2
+        return spec, None
 
 
 def conv2d_fft(
@@ -93,9 +126,9 @@ def conv2d_fft(
     h, w = x.shape[-2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    with _one_thread():
-        spec_x = torch.fft.rfft2(x, s=(h, w))
-        spec_k = torch.fft.rfft2(torch.flip(weight, dims=(-2, -1)), s=(h, w))
+    spec_x = _RFFT2.apply(x.contiguous())
+    kernel = F.pad(torch.flip(weight, dims=(-2, -1)), (0, w - kw, 0, h - kh))
+    spec_k = _RFFT2.apply(kernel)
     c_out_g = c_out // groups
     fh, fw = spec_x.shape[-2:]
     spec_x = spec_x.reshape(n, groups, c_in_g, fh, fw)
@@ -104,8 +137,7 @@ def conv2d_fft(
         spec_y = spec_x * spec_k.squeeze(2).unsqueeze(0)
     else:
         spec_y = torch.einsum("ngchw,gochw->ngohw", spec_x, spec_k)
-    with _one_thread():
-        y = torch.fft.irfft2(spec_y.reshape(n, c_out, fh, fw), s=(h, w))
+    y = _IRFFT2.apply(spec_y.reshape(n, c_out, fh, fw), w)
     y = y[..., kh - 1 :: sh, kw - 1 :: sw]
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)

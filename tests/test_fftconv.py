@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark import fftconv
-from benchmark.fftconv import conv2d_fft, fast_float64_conv
+from benchmark.fftconv import _IRFFT2, _RFFT2, conv2d_fft, fast_float64_conv
 from benchmark.models.pyiqa_adapter import pyiqa_metric
 from benchmark.models.registry import create_model
 
@@ -107,7 +107,26 @@ def test_result_does_not_depend_on_the_thread_count() -> None:
         outs = []
         for threads in (1, 2, 4):
             torch.set_num_threads(threads)
-            outs.append(conv2d_fft(x, w, groups=5))
+            xg = x.clone().requires_grad_(True)
+            y = conv2d_fft(xg, w, groups=5)
+            (grad,) = torch.autograd.grad((y * y).sum(), xg)
+            outs.append((y.detach(), grad))
     finally:
         torch.set_num_threads(before)
-    assert all(torch.equal(outs[0], o) for o in outs[1:])
+    assert all(torch.equal(outs[0][0], o[0]) for o in outs[1:])
+    assert all(torch.equal(outs[0][1], o[1]) for o in outs[1:])
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("h,w", [(5, 6), (5, 7), (4, 4)])
+def test_transforms_have_exact_first_and_second_derivatives(h, w) -> None:
+    """The pocketfft transforms carry their own adjoints: checked numerically, twice over."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, h, w, dtype=torch.float64, generator=g, requires_grad=True)
+    spec = torch.randn(2, h, w // 2 + 1, dtype=torch.complex128, generator=g, requires_grad=True)
+    assert torch.allclose(_RFFT2.apply(x), torch.fft.rfft2(x), atol=1e-12)
+    assert torch.allclose(_IRFFT2.apply(spec, w), torch.fft.irfft2(spec, s=(h, w)), atol=1e-12)
+    assert torch.autograd.gradcheck(_RFFT2.apply, (x,))
+    assert torch.autograd.gradgradcheck(_RFFT2.apply, (x,))
+    assert torch.autograd.gradcheck(lambda s: _IRFFT2.apply(s, w), (spec,))
+    assert torch.autograd.gradgradcheck(lambda s: _IRFFT2.apply(s, w), (spec,))

@@ -71,11 +71,12 @@ def lu_factor_checked(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.linalg.lu_factor` whose pivots are checked on the CPU, with one retry on one thread.
 
     M = I + A with A skew-Hermitian has eigenvalues 1 + i*lambda, so it is never singular: a bad
-    pivot is the LAPACK call's fault, not the matrix's. It has been seen once per ~25-model run
-    under full CPU load (oneMKL's batched complex getrf returned pivots of 0 for some of the
-    batch, then "Parameter 6 was incorrect on entry to CLASWP" and a failed solve), and never
-    when the same model ran alone. The check costs one pass over the int32 pivots; on CUDA it
-    is skipped because it would add a host-device sync to every forward.
+    pivot is the LAPACK call's fault, not the matrix's. oneMKL's threaded complex getrf
+    returned pivots of 0 for a few of a batch of 192x192 and 384x384 matrices (then "Parameter
+    6 was incorrect on entry to CLASWP" and a failed solve) in a process that flipped torch's
+    thread count thousands of times (an earlier fftconv did) while the CPU was fully loaded;
+    the flipping is gone, this check stays as the net. It costs one pass over the int32
+    pivots; on CUDA it is skipped because it would add a host-device sync to every forward.
     """
     lu, piv, info = torch.linalg.lu_factor_ex(m)
     if m.device.type != "cpu":
