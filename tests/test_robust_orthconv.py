@@ -186,9 +186,7 @@ def _corrupt_first_calls(monkeypatch, n_bad: int) -> list[int]:
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_invalid_lapack_pivots_are_caught_and_retried_on_one_thread(
-    monkeypatch, caplog, training
-):
+def test_invalid_lapack_pivots_are_caught_and_retried_on_one_thread(monkeypatch, caplog, training):
     torch.manual_seed(0)
     layer = OrthConv2d(4, 6, 3).train(training)
     x = torch.randn(2, 4, 8, 8)
