@@ -43,6 +43,11 @@ def _padding(
     return pw, pw, ph, ph
 
 
+def _as_numpy(t: torch.Tensor) -> Any:
+    """A view for scipy; lazy conjugate/negative views (autograd makes them) are resolved."""
+    return t.detach().resolve_conj().resolve_neg().numpy()
+
+
 def _mirrored(w: int, wf: int) -> slice:
     """Columns of a one-sided spectrum that stand for two columns of the full one."""
     return slice(1, wf - 1 if w % 2 == 0 else wf)
@@ -61,7 +66,7 @@ class _RFFT2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.w = x.shape[-1]
-        out = scipy.fft.rfft2(x.detach().numpy(), axes=(-2, -1), workers=1)
+        out = scipy.fft.rfft2(_as_numpy(x), axes=(-2, -1), workers=1)
         return torch.from_numpy(out)
 
     @staticmethod
@@ -79,7 +84,7 @@ class _IRFFT2(torch.autograd.Function):
     def forward(ctx, spec: torch.Tensor, w: int) -> torch.Tensor:  # type: ignore[override]
         h = spec.shape[-2]
         ctx.wf = spec.shape[-1]
-        out = scipy.fft.irfft2(spec.detach().numpy(), s=(h, w), axes=(-2, -1), workers=1)
+        out = scipy.fft.irfft2(_as_numpy(spec), s=(h, w), axes=(-2, -1), workers=1)
         return torch.from_numpy(out)
 
     @staticmethod
