@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from benchmark.robust.layers import GroupSort, MaxMin, OrthLinear
+from benchmark.robust.linalg import inverse_checked
 from benchmark.robust.orthconv import OrthConv2d
 
 __all__ = ["RobustifyReport", "nearest_orthogonal", "orth_conv_from_conv", "robustify"]
@@ -83,7 +84,7 @@ def _damped_solve_right(num: torch.Tensor, den: torch.Tensor, damp: float) -> to
     """`num @ den^{-1}`, Tikhonov-damped where `den` is near singular (Cayley poles at -1)."""
     dh = den.mH
     eye = torch.eye(den.shape[-1], dtype=den.dtype, device=den.device)
-    return num @ dh @ torch.linalg.inv(den @ dh + damp * eye)
+    return num @ dh @ inverse_checked(den @ dh + damp * eye)
 
 
 def _inverse_cayley(q: torch.Tensor, damp: float = 1e-5) -> torch.Tensor:

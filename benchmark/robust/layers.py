@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.robust.linalg import inverse_checked
 from benchmark.robust.orthconv import space_to_depth
 
 __all__ = ["GroupSort", "MaxMin", "OrthLinear", "SpaceToDepth", "cayley_semi_orthogonal"]
@@ -84,7 +85,7 @@ def cayley_semi_orthogonal(weight: torch.Tensor) -> torch.Tensor:
     u, v = weight[:in_f], weight[in_f:]
     eye = torch.eye(in_f, dtype=weight.dtype, device=weight.device)
     a = u - u.T + v.T @ v
-    inv = torch.linalg.inv(eye + a)
+    inv = inverse_checked(eye + a)
     return torch.cat([2 * inv - eye, -2 * v @ inv], dim=0)
 
 

@@ -24,7 +24,6 @@ cross-correlation like `F.conv2d` with circular padding), with taps `t` centred 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 
@@ -32,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["OrthConv2d", "space_to_depth"]
+from benchmark.robust.linalg import inverse_checked, lu_factor_checked
 
-log = logging.getLogger(__name__)
+__all__ = ["OrthConv2d", "space_to_depth"]
 
 
 def space_to_depth(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -59,58 +58,6 @@ def _dft_matrix(n: int, taps: int, n_freq: int, dtype: torch.dtype, device: torc
     t = torch.arange(taps, dtype=real, device=device)[None, :] - (taps // 2)
     ang = (2 * math.pi / n) * torch.remainder(f * t, n)
     return torch.polar(torch.ones_like(ang), ang).to(dtype)
-
-
-def _bad_pivots(piv: torch.Tensor, info: torch.Tensor, n: int) -> int:
-    """How many matrices of the batch came back with pivots outside 1..n or a LAPACK error."""
-    bad = ((piv < 1) | (piv > n)).any(dim=-1) | (info != 0)
-    return int(bad.sum())
-
-
-def lu_factor_checked(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.linalg.lu_factor` whose pivots are checked on the CPU, with one retry on one thread.
-
-    M = I + A with A skew-Hermitian has eigenvalues 1 + i*lambda, so it is never singular: a bad
-    pivot is the LAPACK call's fault, not the matrix's. oneMKL's threaded complex getrf
-    returned pivots of 0 for a few of a batch of 192x192 and 384x384 matrices (then "Parameter
-    6 was incorrect on entry to CLASWP" and a failed solve) in a process that flipped torch's
-    thread count thousands of times (an earlier fftconv did) while the CPU was fully loaded;
-    the flipping is gone, this check stays as the net. It costs one pass over the int32
-    pivots; on CUDA it is skipped because it would add a host-device sync to every forward.
-    """
-    lu, piv, info = torch.linalg.lu_factor_ex(m)
-    if m.device.type != "cpu":
-        return lu, piv
-    n = m.shape[-1]
-    bad = _bad_pivots(piv, info, n)
-    if not bad:
-        return lu, piv
-    finite = bool(torch.isfinite(torch.view_as_real(m) if m.is_complex() else m).all())
-    log.warning(
-        "OrthConv2d: LU factorisation returned invalid pivots for %d of %d matrices "
-        "(%dx%d, %s, entries %s, %d threads); retrying on one thread",
-        bad,
-        m.shape[:-2].numel(),
-        n,
-        n,
-        m.dtype,
-        "finite" if finite else "NOT finite",
-        torch.get_num_threads(),
-    )
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        lu, piv, info = torch.linalg.lu_factor_ex(m.clone())
-    finally:
-        torch.set_num_threads(before)
-    bad = _bad_pivots(piv, info, n)
-    if bad:
-        raise FloatingPointError(
-            f"OrthConv2d: LU factorisation of I + A failed for {bad} of {m.shape[:-2].numel()} "
-            f"matrices even on one thread (entries {'finite' if finite else 'NOT finite'}); "
-            "the layer's weights or the LAPACK library are broken"
-        )
-    return lu, piv
 
 
 class _SolveLU(torch.autograd.Function):
@@ -234,9 +181,8 @@ class OrthConv2d(nn.Module):
         """Q(f) for the rfft grid of an (h, w) input after space-to-depth: (h, w//2+1, c_out, c_in)."""
         mat, vf = self.spectrum(h, w)
         m = self.m
-        lu, piv = lu_factor_checked(mat)
-        eye = torch.eye(m, dtype=mat.dtype, device=mat.device)
-        inv = torch.linalg.lu_solve(lu, piv, eye.expand_as(mat))
+        inv = inverse_checked(mat)
+        eye = torch.eye(m, dtype=inv.dtype, device=inv.device)
         q = 2 * inv - eye
         if self.out_channels > m:
             q = torch.cat([q, -2 * torch.matmul(vf, inv)], dim=1)
