@@ -58,9 +58,10 @@ class _RFFT2(torch.autograd.Function):
 
     torch's CPU FFT (oneMKL) rounds an ulp differently with the thread count, and a Ray worker
     (one thread) must score exactly as a local run (two). Pinning torch to one thread around
-    each transform fixed that but raced oneMKL's threaded LU in the same process (invalid
-    pivots under load); a single-worker pocketfft is thread-count invariant and touches no
-    global state. The backward is the adjoint, built from the same two functions.
+    each transform fixed that, but any `torch.set_num_threads` call breaks oneMKL's batched
+    LU for the rest of the process (`benchmark/robust/linalg.py`); a single-worker pocketfft
+    is thread-count invariant and touches no global state. The backward is the adjoint,
+    built from the same two functions.
     """
 
     @staticmethod
@@ -90,8 +91,7 @@ class _IRFFT2(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
         h, w = g.shape[-2:]
-        spec = _RFFT2.apply(g) / (h * w)
-        spec = spec.clone()
+        spec = _RFFT2.apply(g) / (h * w)  # a fresh tensor: scaled in place below
         spec[..., _mirrored(w, ctx.wf)] *= 2
         return spec, None
 
@@ -131,7 +131,7 @@ def conv2d_fft(
     h, w = x.shape[-2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h}x{w}")
-    spec_x = _RFFT2.apply(x.contiguous())
+    spec_x = _RFFT2.apply(x)
     kernel = F.pad(torch.flip(weight, dims=(-2, -1)), (0, w - kw, 0, h - kh))
     spec_k = _RFFT2.apply(kernel)
     c_out_g = c_out // groups

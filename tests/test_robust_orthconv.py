@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -186,9 +188,6 @@ for mode in (True, False):
 
 def test_factorisation_is_right_after_set_num_threads_which_breaks_batched_lu():
     """In a fresh process (the failure is process-wide): inverse and orthogonality hold."""
-    import subprocess
-    import sys
-
     out = subprocess.run(
         [sys.executable, "-c", _AFTER_SET_NUM_THREADS],
         capture_output=True,

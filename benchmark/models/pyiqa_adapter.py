@@ -3,7 +3,7 @@
 Metrics are created with `as_loss=True, loss_reduction="none"`: pyiqa's default
 (`as_loss=False`) wraps the forward in `torch.set_grad_enabled(False)`, which would
 make every gradient attack silently find nothing. Their float64 convolutions run through
-the FFT on the CPU (`benchmark.fftconv`): same numbers to float64 rounding, 10-12x faster
+the FFT on the CPU (`benchmark.fftconv`): same numbers to float64 rounding, 7-12x faster
 forward+backward for SSIM, SSIM-C and MS-SSIM (benchmarks/fftconv_speed.py).
 """
 
