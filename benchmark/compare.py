@@ -4,7 +4,9 @@ The defense and the baseline run the same cells (same images, attacks, budgets, 
 report pairs them image by image: the difference of absolute gains gets a paired bootstrap
 interval and p-value, so "my defense lowers the gain" is a claim with an error bar. Warnings
 flag weak evidence: few images, a gradient-free attack beating the gradient attacks (gradient
-masking), a non-differentiable defense seen only by gradient attacks.
+masking), one signed-gradient step beating an iterative attack of the same kind (the
+iterations are failing: stochastic or obfuscated gradients), a non-differentiable defense seen
+only by gradient attacks.
 """
 
 from __future__ import annotations
@@ -150,7 +152,46 @@ def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[st
                 f"at {eps_dir[0]} a gradient-free attack gains {max(free):.3f} but gradient attacks "
                 f"only {max(grad):.3f}: gradient masking suspected; gradient-attack numbers understate the risk"
             )
+    out += _failing_iterations(defense_cells)
     return sorted(out)
+
+
+def _steps(cell: CellResult) -> int | None:
+    """Steps of a signed-gradient attack (1 for a one-step one); None for other families."""
+    cfg = cell.attack_config
+    if cfg.get("family") != "gradient" or cfg.get("trainable") or cfg.get("gradient_free"):
+        return None
+    return int((cfg.get("params") or {}).get("steps", 1))
+
+
+def _failing_iterations(defense_cells: list[CellResult]) -> list[str]:
+    """Iterative attacks that find significantly less than one step of the same kind.
+
+    Why: k projected steps can always retrace a single step's direction, so on a model with
+    honest gradients they find at least as much (Carlini et al. 2019, "On Evaluating
+    Adversarial Robustness"). When they find less, the optimisation is failing (a stochastic
+    defense whose EOT gradient is too noisy, or obfuscated gradients) and every gradient
+    attack's gain on this model is a lower bound, not a measure of its robustness.
+    """
+    out = []
+    done = [c for c in defense_cells if c.status == "done" and _steps(c) is not None]
+    for one in (c for c in done if _steps(c) == 1):
+        losers = []
+        for many in done:
+            same_threat = (many.key.eps, many.key.direction) == (one.key.eps, one.key.direction)
+            if not same_threat or (_steps(many) or 0) <= 1:
+                continue
+            diff, (low, _), _, n = paired_difference(one, many)
+            if n and low > 0:
+                losers.append(f"{many.key.attack} ({_steps(many)} steps, -{diff:.3f})")
+        if losers:
+            out.append(
+                f"at {one.key.eps_label} {', '.join(sorted(losers))} gain significantly less than "
+                f"one-step {one.key.attack} (paired 95% CIs): the iterations are failing "
+                "(stochastic or obfuscated gradients); treat every gradient-attack gain on this "
+                "model as a lower bound"
+            )
+    return out
 
 
 def _gradient_free_names(cells: list[CellResult]) -> set[str]:

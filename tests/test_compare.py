@@ -78,3 +78,31 @@ def test_compare_the_shipped_example_defense(tmp_path: Path, capsys, make_kadid)
     assert len(rows) == 2
     for row in rows:  # the baseline is inflated; the median filter changes how much
         assert float(row[4]) > 0 and float(row[3]) != float(row[4])
+
+
+def _attack_cell(attack: str, steps: int | None, gains: np.ndarray) -> CellResult:
+    cell = _cell("def", gains)
+    cell.key = CellKey("def", "d", attack, 4 / 255, "up")
+    params = {} if steps is None else {"steps": steps}
+    cell.attack_config = {"family": "gradient", "trainable": False, "params": params}
+    return cell
+
+
+def test_iterations_that_find_less_than_one_step_are_flagged():
+    """A 10-step attack can retrace FGSM's step, so finding less means its iterations fail
+    (e.g. a stochastic defense with too noisy an EOT gradient): the report must say the
+    gains are lower bounds, and must stay quiet when the iterations work."""
+    from benchmark.compare import _failing_iterations
+
+    rng = np.random.default_rng(0)
+    one = rng.uniform(0.03, 0.05, 40)
+    fgsm = _attack_cell("fgsm", None, one)
+    failing = _attack_cell("ifgsm", 10, one - 0.01 + rng.normal(0, 0.002, 40))
+    working = _attack_cell("pgd", 20, one + 0.02 + rng.normal(0, 0.002, 40))
+    (warning,) = _failing_iterations([fgsm, failing, working])
+    assert "ifgsm (10 steps" in warning and "pgd" not in warning and "lower bound" in warning
+    assert _failing_iterations([fgsm, working]) == []
+    # a different budget is a different threat: never compared
+    working.key = CellKey("def", "d", "pgd", 8 / 255, "up")
+    working.attacked = working.clean + one - 0.02
+    assert _failing_iterations([fgsm, working]) == []
