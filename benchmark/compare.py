@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from benchmark.attack_sanity import failing_iterations
 from benchmark.errors import ConfigError
 from benchmark.results import CellResult
-from benchmark.scores import quality_map, summarize_cell
+from benchmark.scores import paired_difference, summarize_cell
 
 STANDARD_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd", "square")
 FEW_IMAGES = 30
-N_BOOT = 2000
 
 
 @dataclass
@@ -53,26 +53,6 @@ class CompareReport:
     clean: dict[str, dict[str, float]]  # model -> srocc/plcc (+CI)
     warnings: list[str] = field(default_factory=list)
     positions: list[str] = field(default_factory=list)
-
-
-def paired_difference(
-    a: CellResult, b: CellResult, n_boot: int = N_BOOT, seed: int = 0
-) -> tuple[float, tuple[float, float], float, int]:
-    """Mean over shared images of (gain_a - gain_b), its 95% bootstrap CI and two-sided p."""
-    qa = quality_map(bool(a.model_info["lower_better"]), a.model_info.get("score_range"), a.clean)
-    qb = quality_map(bool(b.model_info["lower_better"]), b.model_info.get("score_range"), b.clean)
-    ga = dict(zip(a.image_id, qa(a.attacked) - qa(a.clean), strict=True))
-    gb = dict(zip(b.image_id, qb(b.attacked) - qb(b.clean), strict=True))
-    shared = [i for i in ga if i in gb and np.isfinite(ga[i]) and np.isfinite(gb[i])]
-    nan = float("nan")
-    if not shared:
-        return nan, (nan, nan), nan, 0
-    d = np.array([ga[i] - gb[i] for i in shared])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return float(d.mean()), (float(low), float(high)), p, int(d.size)
 
 
 def build_report(
@@ -152,46 +132,8 @@ def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[st
                 f"at {eps_dir[0]} a gradient-free attack gains {max(free):.3f} but gradient attacks "
                 f"only {max(grad):.3f}: gradient masking suspected; gradient-attack numbers understate the risk"
             )
-    out += _failing_iterations(defense_cells)
+    out += [w for ws in failing_iterations(defense_cells).values() for w in ws]
     return sorted(out)
-
-
-def _steps(cell: CellResult) -> int | None:
-    """Steps of a signed-gradient attack (1 for a one-step one); None for other families."""
-    cfg = cell.attack_config
-    if cfg.get("family") != "gradient" or cfg.get("trainable") or cfg.get("gradient_free"):
-        return None
-    return int((cfg.get("params") or {}).get("steps", 1))
-
-
-def _failing_iterations(defense_cells: list[CellResult]) -> list[str]:
-    """Iterative attacks that find significantly less than one step of the same kind.
-
-    Why: k projected steps can always retrace a single step's direction, so on a model with
-    honest gradients they find at least as much (Carlini et al. 2019, "On Evaluating
-    Adversarial Robustness"). When they find less, the optimisation is failing (a stochastic
-    defense whose EOT gradient is too noisy, or obfuscated gradients) and every gradient
-    attack's gain on this model is a lower bound, not a measure of its robustness.
-    """
-    out = []
-    done = [c for c in defense_cells if c.status == "done" and _steps(c) is not None]
-    for one in (c for c in done if _steps(c) == 1):
-        losers = []
-        for many in done:
-            same_threat = (many.key.eps, many.key.direction) == (one.key.eps, one.key.direction)
-            if not same_threat or (_steps(many) or 0) <= 1:
-                continue
-            diff, (low, _), _, n = paired_difference(one, many)
-            if n and low > 0:
-                losers.append(f"{many.key.attack} ({_steps(many)} steps, -{diff:.3f})")
-        if losers:
-            out.append(
-                f"at {one.key.eps_label} {', '.join(sorted(losers))} gain significantly less than "
-                f"one-step {one.key.attack} (paired 95% CIs): the iterations are failing "
-                "(stochastic or obfuscated gradients); treat every gradient-attack gain on this "
-                "model as a lower bound"
-            )
-    return out
 
 
 def _gradient_free_names(cells: list[CellResult]) -> set[str]:

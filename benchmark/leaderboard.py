@@ -35,11 +35,16 @@ import numpy as np
 import pandas as pd
 
 from benchmark import __version__
+from benchmark.attack_sanity import CellGroup, failing_iterations
 from benchmark.errors import StoreError
 from benchmark.results import CellResult
 from benchmark.scores import summarize_cell
 
 GROUP_KEYS = ["dataset", "norm", "eps", "direction"]
+FAILING_ITERATIONS_NOTE = (
+    "iterative attacks found less than one FGSM step (iterations failing: stochastic or "
+    "obfuscated gradients): the gain is a lower bound"
+)
 NO_GRADIENT_REASON = "no input gradient; gradient attacks not applicable"
 # Attack presets that need no input gradient, for configs that do not say so themselves.
 # The runner should record `gradient_free` (from AttackInfo) in the attack config.
@@ -153,8 +158,14 @@ _WORST_COLS = {
 }
 
 
-def _model_rows(cells: pd.DataFrame) -> pd.DataFrame:
-    """Aggregate per-cell rows into one row per (dataset, norm, eps, direction, model)."""
+def _model_rows(
+    cells: pd.DataFrame, failing: Mapping[CellGroup, list[str]] | None = None
+) -> pd.DataFrame:
+    """Aggregate per-cell rows into one row per (dataset, norm, eps, direction, model).
+
+    `failing`: groups whose iterative attacks found less than one FGSM step
+    (`attack_sanity.failing_iterations`); their gain is noted as a lower bound.
+    """
     # Clean correlations are a property of (model, dataset): take the cell with most MOS pairs.
     best_clean = (
         cells.sort_values(["n_mos_clean"], ascending=False, kind="stable")
@@ -199,6 +210,8 @@ def _model_rows(cells: pd.DataFrame) -> pd.DataFrame:
                 notes.append("ranked on gradient-free attacks only")
             if n_failed:
                 notes.append(f"{n_failed} attack(s) failed: worst case over the rest")
+            if failing and (model, dataset, norm, eps, direction) in failing:
+                notes.append(FAILING_ITERATIONS_NOTE)
         else:
             row.update({dst: np.nan for dst in _WORST_COLS.values()})
             row["worst_attack"] = ""
@@ -274,7 +287,8 @@ def build_tables(
 ) -> LeaderboardTables:
     """Score every cell and aggregate into ranking rows (see the module docstring for rules)."""
     per_cell = summarize_cells(cells, n_boot=n_boot, seed=seed)
-    rows = _model_rows(per_cell) if len(per_cell) else pd.DataFrame()
+    failing = failing_iterations(cells)
+    rows = _model_rows(per_cell, failing) if len(per_cell) else pd.DataFrame()
     return LeaderboardTables(rows=rows, cells=per_cell, n_boot=n_boot, seed=seed)
 
 

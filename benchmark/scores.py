@@ -21,12 +21,15 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import scipy.stats as st
 from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
+
+if TYPE_CHECKING:
+    from benchmark.results import CellResult
 
 from benchmark.budget import budget_label
 from benchmark.errors import ConfigError
@@ -592,3 +595,23 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
     )
     out["notes"] = "; ".join(notes)
     return out
+
+
+def paired_difference(
+    a: CellResult, b: CellResult, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, tuple[float, float], float, int]:
+    """Mean over shared images of (gain_a - gain_b), its 95% bootstrap CI and two-sided p."""
+    qa = quality_map(bool(a.model_info["lower_better"]), a.model_info.get("score_range"), a.clean)
+    qb = quality_map(bool(b.model_info["lower_better"]), b.model_info.get("score_range"), b.clean)
+    ga = dict(zip(a.image_id, qa(a.attacked) - qa(a.clean), strict=True))
+    gb = dict(zip(b.image_id, qb(b.attacked) - qb(b.clean), strict=True))
+    shared = [i for i in ga if i in gb and np.isfinite(ga[i]) and np.isfinite(gb[i])]
+    nan = float("nan")
+    if not shared:
+        return nan, (nan, nan), nan, 0
+    d = np.array([ga[i] - gb[i] for i in shared])
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
+    return float(d.mean()), (float(low), float(high)), p, int(d.size)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from benchmark.cli import main
-from benchmark.compare import paired_difference
 from benchmark.models.registry import create_model
 from benchmark.results import CellKey, CellResult
+from benchmark.scores import paired_difference
 
 
 def _cell(model: str, gains: np.ndarray) -> CellResult:
@@ -84,25 +84,37 @@ def _attack_cell(attack: str, steps: int | None, gains: np.ndarray) -> CellResul
     cell = _cell("def", gains)
     cell.key = CellKey("def", "d", attack, 4 / 255, "up")
     params = {} if steps is None else {"steps": steps}
-    cell.attack_config = {"family": "gradient", "trainable": False, "params": params}
+    cell.attack_config = {
+        "family": "gradient",
+        "norm": "linf",
+        "trainable": False,
+        "params": params,
+    }
     return cell
 
 
 def test_iterations_that_find_less_than_one_step_are_flagged():
     """A 10-step attack can retrace FGSM's step, so finding less means its iterations fail
-    (e.g. a stochastic defense with too noisy an EOT gradient): the report must say the
-    gains are lower bounds, and must stay quiet when the iterations work."""
-    from benchmark.compare import _failing_iterations
+    (e.g. a stochastic defense with too noisy an EOT gradient): the checks and the leaderboard
+    must say the gains are lower bounds, and stay quiet when the iterations work."""
+    from benchmark.attack_sanity import failing_iterations
+    from benchmark.leaderboard import FAILING_ITERATIONS_NOTE, build_tables
 
     rng = np.random.default_rng(0)
     one = rng.uniform(0.03, 0.05, 40)
     fgsm = _attack_cell("fgsm", None, one)
     failing = _attack_cell("ifgsm", 10, one - 0.01 + rng.normal(0, 0.002, 40))
     working = _attack_cell("pgd", 20, one + 0.02 + rng.normal(0, 0.002, 40))
-    (warning,) = _failing_iterations([fgsm, failing, working])
+    ((group, (warning,)),) = failing_iterations([fgsm, failing, working]).items()
+    assert group == ("def", "d", "linf", 4 / 255, "up")
     assert "ifgsm (10 steps" in warning and "pgd" not in warning and "lower bound" in warning
-    assert _failing_iterations([fgsm, working]) == []
+    note = build_tables([fgsm, failing, working], n_boot=50).rows["note"].iloc[0]
+    assert FAILING_ITERATIONS_NOTE in note
+    assert failing_iterations([fgsm, working]) == {}
+    assert (
+        FAILING_ITERATIONS_NOTE not in build_tables([fgsm, working], n_boot=50).rows["note"].iloc[0]
+    )
     # a different budget is a different threat: never compared
     working.key = CellKey("def", "d", "pgd", 8 / 255, "up")
     working.attacked = working.clean + one - 0.02
-    assert _failing_iterations([fgsm, working]) == []
+    assert failing_iterations([fgsm, working]) == {}
