@@ -5,6 +5,7 @@ Used by `compare` (warnings) and the leaderboard (a note beside the ranked gain)
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 
 from benchmark.results import CellResult
@@ -35,22 +36,26 @@ def failing_iterations(cells: Sequence[CellResult]) -> dict[CellGroup, list[str]
     defense whose EOT gradient is too noisy, or obfuscated gradients) and every gradient
     attack's gain on this model is a lower bound, not a measure of its robustness.
     """
+    groups: dict[CellGroup, list[tuple[int, CellResult]]] = defaultdict(list)
+    for cell in cells:
+        steps = _steps(cell)
+        if cell.status == "done" and steps is not None:
+            groups[_group(cell)].append((steps, cell))
     out: dict[CellGroup, list[str]] = {}
-    done = [c for c in cells if c.status == "done" and _steps(c) is not None]
-    for one in (c for c in done if _steps(c) == 1):
-        losers = []
-        for many in done:
-            same_threat = _group(many) == _group(one)
-            if not same_threat or (_steps(many) or 0) <= 1:
-                continue
-            diff, (low, _), _, n = paired_difference(one, many)
-            if n and low > 0:
-                losers.append(f"{many.key.attack} ({_steps(many)} steps, -{diff:.3f})")
-        if losers:
-            out.setdefault(_group(one), []).append(
-                f"at {one.key.eps_label} {', '.join(sorted(losers))} gain significantly less than "
-                f"one-step {one.key.attack} (paired 95% CIs): the iterations are failing "
-                "(stochastic or obfuscated gradients); treat every gradient-attack gain on this "
-                "model as a lower bound"
-            )
+    for group, members in groups.items():
+        for one in (c for k, c in members if k == 1):
+            losers = []
+            for steps, many in members:
+                if steps <= 1:
+                    continue
+                diff, (low, _), _, n = paired_difference(one, many)
+                if n and low > 0:
+                    losers.append(f"{many.key.attack} ({steps} steps, -{diff:.3f})")
+            if losers:
+                out.setdefault(group, []).append(
+                    f"at {one.key.eps_label} {', '.join(sorted(losers))} gain significantly less "
+                    f"than one-step {one.key.attack} (paired 95% CIs): the iterations are failing "
+                    "(stochastic or obfuscated gradients); treat every gradient-attack gain on "
+                    "this model as a lower bound"
+                )
     return out

@@ -13,7 +13,9 @@ Ranking rules (DESIGN sections 3 and 5):
   gradient attacks (a zero gain there means "could not attack", not "robust"): with no
   gradient-free attack it goes to the "not ranked" table with its clean correlations;
 - failed cells are listed with their reason; a model with some failed attacks is ranked on
-  the rest and flagged as incomplete.
+  the rest and flagged as incomplete;
+- where an iterative signed-gradient attack finds significantly less than one FGSM step
+  (`attack_sanity.failing_iterations`), the ranked gain is noted as a lower bound.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -159,7 +162,7 @@ _WORST_COLS = {
 
 
 def _model_rows(
-    cells: pd.DataFrame, failing: Mapping[CellGroup, list[str]] | None = None
+    cells: pd.DataFrame, failing: Mapping[CellGroup, list[str]] = MappingProxyType({})
 ) -> pd.DataFrame:
     """Aggregate per-cell rows into one row per (dataset, norm, eps, direction, model).
 
@@ -210,7 +213,7 @@ def _model_rows(
                 notes.append("ranked on gradient-free attacks only")
             if n_failed:
                 notes.append(f"{n_failed} attack(s) failed: worst case over the rest")
-            if failing and (model, dataset, norm, eps, direction) in failing:
+            if (model, dataset, norm, eps, direction) in failing:
                 notes.append(FAILING_ITERATIONS_NOTE)
         else:
             row.update({dst: np.nan for dst in _WORST_COLS.values()})

@@ -21,15 +21,12 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats as st
 from scipy.optimize import OptimizeWarning, curve_fit
 from scipy.special import expit
-
-if TYPE_CHECKING:
-    from benchmark.results import CellResult
 
 from benchmark.budget import budget_label
 from benchmark.errors import ConfigError

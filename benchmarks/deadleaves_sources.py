@@ -38,11 +38,8 @@ def photo_colours(rng: np.random.Generator, per_source: int = 400) -> np.ndarray
     """Pixel colours of the colour training photographs: a natural palette to paint with."""
     cols = []
     for src in builtin.find_sources():
-        if builtin.split_of(src.group) != "train":
+        if builtin.split_of(src.group) != "train" or builtin.is_grey_file(src.path):
             continue
-        with Image.open(src.path) as im:
-            if im.mode in ("1", "L", "I", "I;16", "F"):
-                continue
         pixels = builtin.load_source(src, 96).reshape(-1, 3)
         cols.append(pixels[rng.choice(len(pixels), per_source)])
     return np.concatenate(cols).astype(np.float64)

@@ -342,7 +342,7 @@ def expected_images(config: BuildConfig, sources: Sequence[Source]) -> int:
     dists = [DISTORTIONS[n] for n in config.distortion_names()]
     total = 0
     for src in sources:
-        n_d = sum(1 for d in dists if not (d.colour_only and _is_grey_file(src.path)))
+        n_d = sum(1 for d in dists if not (d.colour_only and is_grey_file(src.path)))
         total += config.crops_per_source * (1 + n_d * len(config.levels))
     return total
 
@@ -353,7 +353,7 @@ def estimate_minutes(config: BuildConfig = DEFAULT_CONFIG, workers: int | None =
     return n * SECONDS_PER_IMAGE / _n_workers(workers, len(sources)) / 60 + 0.2
 
 
-def _is_grey_file(path: Path) -> bool:
+def is_grey_file(path: Path) -> bool:
     with Image.open(path) as im:
         return im.mode in ("1", "L", "I", "I;16", "F")
 
@@ -525,7 +525,7 @@ def _worker_init() -> None:
 def build_source(src: Source, config: BuildConfig, images_dir: Path) -> list[dict[str, Any]]:
     """Crops, distortions, PNGs and metric rows for one source photograph."""
     image = load_source(src, config.source_short_side)
-    grey = _is_grey_file(src.path)
+    grey = is_grey_file(src.path)
     size = config.crop_size
     dists = [get_distortion(n) for n in config.distortion_names()]
     split = split_of(src.group)
