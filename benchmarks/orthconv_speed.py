@@ -4,6 +4,10 @@ Shape (from issue 5): 64 -> 64 channels, 3x3, 128x128, batch 16, float32. Prints
 forward+backward ratio (training) and the eval-mode inference ratio with the cached Q.
 The two layers are timed alternately in each round and the per-round ratios' median is
 reported, so that load from other processes on the shared CPU hits both sides alike.
+The process uses the allocator settings the runner uses (`benchmark.allocator`: freed
+buffers are reused instead of page-faulted in again, which on this VM cost more than the
+FFTs); `BENCHMARK_MALLOC=default` times glibc's default instead, and the first line says
+which.
 
     python benchmarks/orthconv_speed.py [--rounds 7] [--threads N]
 """
@@ -18,6 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from benchmark.allocator import keep_freed_memory
 from benchmark.robust.orthconv import OrthConv2d
 
 
@@ -37,6 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = "runner's (freed buffers kept)" if keep_freed_memory() else "glibc default"
     torch.manual_seed(0)
     c, s, b = args.channels, args.size, args.batch
     conv = nn.Conv2d(c, c, 3, padding=1)
@@ -66,7 +72,7 @@ def main() -> None:
     }
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
-        f"x {tuple(x.shape)} float32, median of {args.rounds} rounds"
+        f"x {tuple(x.shape)} float32, median of {args.rounds} rounds, allocator {allocator}"
     )
     for name, (base, ours) in cases.items():
         base(), ours(), base(), ours()  # warm-up; fills the eval cache

@@ -11,13 +11,16 @@ For each model and attack, in one process:
   forward, in inference mode, without any check or bookkeeping;
 - runner: `benchmark.runner.run_cell` on the same images at the batch size the runner
   chooses (`--batch-size auto`, measured per model as in a run), with every per-image
-  measurement (PSNR/SSIM, L_inf/L2, attacked score, the budget check); clean scores cached
-  as in a run;
+  measurement (PSNR/SSIM, L_inf/L2, attacked score, the budget check) and the per-cell
+  loading of a trained attack's artifact; the model's group is set up once, as in a run
+  (decoded images, clean scores, the opened train split);
 - per-image: the same cell with batch size 1, the loop prior benchmarks use.
 Prints medians over repeats and the ratios runner/floor (target <= 1.3) and
 per-image/runner (target >= 2.5 in geometric mean). Images are synthetic and held in memory
 so that PNG decoding does not blur the comparison. Trained attacks are fitted first on a
-few images (their inference cost does not depend on how well they were trained).
+few images (their inference cost does not depend on how well they were trained). The
+process uses the runner's allocator settings (`benchmark.allocator`, as `run_group` does);
+`BENCHMARK_MALLOC=default` times glibc's default instead.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmark.allocator import keep_freed_memory  # noqa: E402
 from benchmark.attacks.artifacts import TrainedAttack  # noqa: E402
 from benchmark.attacks.base import Attack  # noqa: E402
 from benchmark.attacks.registry import create_attack  # noqa: E402
@@ -120,6 +124,18 @@ def fitted(attack_name: str, model: IQAModel, x: torch.Tensor, artifact_dir: Pat
     return attack
 
 
+def group(model: IQAModel, data: IQADataset, size: int, device: str) -> GroupContext:
+    """The model's group context at one batch size, set up once as `run_group` does: its
+    cells share the decoded images, the clean scores (computed once per run) and the opened
+    train split, so none of these one-off costs is timed per cell."""
+    ctx = GroupContext(model, data, RunConfig((model.name,), (), batch_size=size, device=device))
+    ctx.resolve_batch_size()
+    ctx.gradient_ok = True
+    ctx.clean = dict.fromkeys(data.ids(), 0.0)
+    ctx.train_split()
+    return ctx
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=32)
@@ -130,11 +146,13 @@ def main() -> None:
     p.add_argument("--attacks", default="fgsm,ifgsm,pgd,uap,facpa")
     args = p.parse_args()
     torch.manual_seed(0)
+    allocator = "runner's" if keep_freed_memory() else "glibc default"
     data = MemoryDataset(args.images, args.size)
     x_all = data.images.to(args.device)
     fixed = parse_batch_size(args.batch_size)
     print(f"device {args.device}, {torch.get_num_threads()} threads, {args.images} images "
-          f"{args.size}x{args.size}, batch {args.batch_size}, median of {args.repeats}")  # fmt: skip
+          f"{args.size}x{args.size}, batch {args.batch_size}, median of {args.repeats}, "
+          f"allocator {allocator}")  # fmt: skip
     print(f"{'model':<22}{'attack':<8}{'batch':>6}{'floor s':>9}{'runner s':>10}{'per-img s':>11}"
           f"{'run/floor':>11}{'img/run':>9}")  # fmt: skip
     speedups, ratios = [], []
@@ -147,26 +165,13 @@ def main() -> None:
             print(f"{name}: batch {batch} ({choice.why}; ms/image fwd+bwd by size: {probe})")
         else:
             batch = fixed
+        batched, single = (group(model, data, size, args.device) for size in (batch, 1))
         for attack_name in args.attacks.split(","):
             attack = fitted(attack_name, model, x_all, artifact_dir)
 
-            def cell(size: int, attack=attack, model=model) -> None:
-                cfg = RunConfig(
-                    models=(model.name,),
-                    attacks=(attack.info.name,),
-                    batch_size=size,
-                    device=args.device,
-                )
-                ctx = GroupContext(model, data, cfg)
-                ctx.resolve_batch_size()
-                ctx.gradient_ok = True
-                ctx.clean = dict.fromkeys(data.ids(), 0.0)  # clean scores are computed once per run
-                run_cell(
-                    ctx,
-                    CellKey(model.name, "memory", attack.info.name, attack.eps),
-                    attack,
-                    progress=False,
-                )
+            def cell(ctx: GroupContext, attack=attack) -> None:
+                key = CellKey(ctx.model.name, "memory", attack.info.name, attack.eps)
+                run_cell(ctx, key, attack, progress=False)
 
             def floor(model=model, attack=attack, batch=batch) -> None:
                 for i in range(0, args.images, batch):
@@ -177,8 +182,8 @@ def main() -> None:
                         gradient_floor(model, x, getattr(attack, "steps", 1))
 
             t_floor = timed(floor, args.repeats, args.device)
-            t_run = timed(lambda batch=batch: cell(batch), args.repeats, args.device)
-            t_one = timed(lambda: cell(1), max(1, args.repeats - 1), args.device)
+            t_run = timed(lambda c=batched: cell(c), args.repeats, args.device)
+            t_one = timed(lambda c=single: cell(c), max(1, args.repeats - 1), args.device)
             speedups.append(t_one / t_run)
             ratios.append(t_run / t_floor)
             print(f"{name:<22}{attack_name:<8}{batch:>6}{t_floor:>9.2f}{t_run:>10.2f}{t_one:>11.2f}"

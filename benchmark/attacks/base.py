@@ -140,9 +140,9 @@ class Attack(ABC):
         name = self.info.name
         if x_adv.shape != x.shape or x_adv.device != x.device:
             raise RuntimeError(f"attack {name} changed the image shape or device")
-        if not torch.isfinite(x_adv).all():
-            raise RuntimeError(f"attack {name} returned non-finite pixels")
-        if x_adv.min() < 0 or x_adv.max() > 1:
+        if not _in_unit_range(x_adv):
+            if not torch.isfinite(x_adv).all():
+                raise RuntimeError(f"attack {name} returned non-finite pixels")
             raise RuntimeError(f"attack {name} returned pixels outside [0, 1]")
         delta = (x_adv - x).flatten(1).double()
         size = delta.abs().amax(dim=1) if self.info.norm == "linf" else delta.norm(dim=1)
@@ -164,5 +164,12 @@ def _check_images(x: torch.Tensor, what: str) -> None:
         raise DataError(f"{what} must be a float tensor of shape (N,3,H,W), got {shape}")
     if not x.is_floating_point():
         raise DataError(f"{what} must be a float tensor in [0,1], got dtype {x.dtype}")
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+    if not _in_unit_range(x):
         raise DataError(f"{what} must be finite and lie in [0,1]")
+
+
+def _in_unit_range(x: torch.Tensor) -> bool:
+    """Finite and inside [0, 1], in one pass over the pixels (a NaN fails both comparisons);
+    every attack call checks its input and output, so this runs on every image twice."""
+    lo, hi = torch.aminmax(x)
+    return bool(lo >= 0) and bool(hi <= 1)
