@@ -15,12 +15,12 @@ For each model and attack, in one process:
   loading of a trained attack's artifact; the model's group is set up once, as in a run
   (decoded images, clean scores, the opened train split);
 - per-image: the same cell with batch size 1, the loop prior benchmarks use.
-Prints medians over repeats and the ratios runner/floor (target <= 1.3) and
-per-image/runner (target >= 2.5 in geometric mean). Images are synthetic and held in memory
-so that PNG decoding does not blur the comparison. Trained attacks are fitted first on a
-few images (their inference cost does not depend on how well they were trained). The
-process uses the runner's allocator settings (`benchmark.allocator`, as `run_group` does);
-`BENCHMARK_MALLOC=default` times glibc's default instead.
+Prints medians over repeats (after one untimed warm-up call each) and the ratios
+runner/floor (target <= 1.3) and per-image/runner (target >= 2.5 in geometric mean). Images
+are synthetic and held in memory so that PNG decoding does not blur the comparison. Trained
+attacks are fitted first on a few images (their inference cost does not depend on how well
+they were trained). The process uses the runner's allocator settings (`benchmark.allocator`,
+as `run_group` does); `BENCHMARK_MALLOC=default` times glibc's default instead.
 """
 
 from __future__ import annotations
@@ -85,6 +85,9 @@ def models(device: str) -> dict[str, IQAModel]:
 
 
 def timed(fn, repeats: int, device: str) -> float:
+    """Median wall time of `repeats` calls after one untimed call: the first call of each
+    kind grows the heap and warms caches, which a run pays once, not per cell."""
+    fn()
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
