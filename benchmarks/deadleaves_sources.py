@@ -19,15 +19,11 @@ Usage (60 sources: about 16 CPU minutes of labelling):
 from __future__ import annotations
 
 import argparse
-import csv
-import shutil
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from augmented_cache import write_augmented_cache
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.datasets import builtin
 
@@ -118,13 +114,6 @@ def dead_leaves(rng: np.random.Generator, colours: np.ndarray) -> np.ndarray:
     return np.asarray(im.resize((SIZE // 2, SIZE // 2), Image.Resampling.LANCZOS))
 
 
-def _label(src: builtin.Source, images: Path) -> list[dict]:
-    import torch
-
-    torch.set_num_threads(1)
-    return builtin.build_source(src, builtin.DEFAULT_CONFIG, images)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sources", type=int, default=60)
@@ -132,44 +121,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-
-    base = builtin.build_builtin()
-    target = args.out / base.name
-    images = target / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    for entry in (base / "images").iterdir():  # the real photographs' crops, shared
-        if not (images / entry.name).exists():
-            (images / entry.name).symlink_to(entry)
     colours = photo_colours(np.random.default_rng(12345 + args.seed))
     sources = []
-    (args.out / "sources").mkdir(exist_ok=True)
+    (args.out / "sources").mkdir(parents=True, exist_ok=True)
     for i in range(args.sources):
         name = f"synth{i:03d}"  # the name seeds its distortions' noise (build_source)
         path = args.out / "sources" / f"{name}.png"
         if not path.exists():
             rng = np.random.default_rng(1000 + 100_000 * args.seed + i)
             Image.fromarray(dead_leaves(rng, colours)).save(path)
-        sources.append(builtin.Source(name, name, path, "procedural"))
-
-    rows: list[dict] = []
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        jobs = [pool.submit(_label, src, images) for src in sources]
-        for job in tqdm(jobs, desc="label dead-leaves sources"):
-            rows += job.result()
-
-    with open(base / "index.csv", newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        base_rows = list(reader)
-    with open(target / "index.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, columns, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(base_rows)
-        writer.writerows(
-            {k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        )
-    shutil.copy(base / "manifest.json", target / "manifest.json")  # same folder, same hash
-    print(f"{len(rows)} dead-leaves images added to the train split: --data-root {args.out}")
+        sources.append((builtin.Source(name, name, path, "procedural"), builtin.DEFAULT_CONFIG))
+    n = write_augmented_cache(args.out, sources, args.workers, "dead-leaves sources")
+    print(f"{n} dead-leaves images added to the train split: --data-root {args.out}")
 
 
 if __name__ == "__main__":
