@@ -287,3 +287,20 @@ def test_bad_inputs_and_broken_attacks_are_caught(models, images):
 
     with pytest.raises(RuntimeError, match="budget"):
         Overshoot(AttackInfo("overshoot", "gradient"), eps=4 / 255).perturb(models["cnniqa"], x)
+    nan_pixel = x.clone()
+    nan_pixel[0, 1, 2, 3] = float("nan")
+    with pytest.raises(DataError, match="finite"):  # a NaN passes min/max checks unless caught
+        attack.perturb(models["cnniqa"], nan_pixel)
+
+    class ReturnsNaN(PGD):
+        def _perturb(self, model, x, ref):
+            return x.clone().index_fill_(3, torch.tensor([0]), float("nan"))
+
+    class LeavesRange(PGD):
+        def _perturb(self, model, x, ref):
+            return x * 0 + 1 + self.eps / 2
+
+    with pytest.raises(RuntimeError, match="non-finite"):
+        ReturnsNaN(AttackInfo("nan", "gradient"), eps=4 / 255).perturb(models["cnniqa"], x)
+    with pytest.raises(RuntimeError, match=r"outside \[0, 1\]"):
+        LeavesRange(AttackInfo("range", "gradient"), eps=4 / 255).perturb(models["cnniqa"], x)
