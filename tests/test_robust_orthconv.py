@@ -119,7 +119,7 @@ def test_materialised_operator_is_orthogonal_and_kernel_is_real():
     [(2, 3, 1, 4, 5), (3, 2, 1, 5, 4), (1, 5, 2, 4, 5), (2, 2, 1, 6, 6)],
 )
 def test_gradcheck_float64(ci, co, s, h, w):
-    """Odd and even widths: the spectrum's backward halves the columns irfft2 counts twice."""
+    """Odd and even widths: only an even width has a Nyquist column in the rfft spectrum."""
     torch.manual_seed(5)
     layer = OrthConv2d(ci, co, 3, s).double()
     x = torch.randn(2, ci, h, w, dtype=torch.float64, requires_grad=True)

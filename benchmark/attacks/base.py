@@ -13,6 +13,7 @@ import torch
 
 from benchmark.attacks.utils import finite_grad, frozen_eval, seeded_rng
 from benchmark.errors import ConfigError, DataError
+from benchmark.image_stats import perturbation_norms
 from benchmark.models.base import IQAModel
 
 Direction = Literal["up", "down"]
@@ -144,8 +145,8 @@ class Attack(ABC):
             if not torch.isfinite(x_adv).all():
                 raise RuntimeError(f"attack {name} returned non-finite pixels")
             raise RuntimeError(f"attack {name} returned pixels outside [0, 1]")
-        delta = (x_adv - x).flatten(1).double()
-        size = delta.abs().amax(dim=1) if self.info.norm == "linf" else delta.norm(dim=1)
+        linf, l2 = perturbation_norms(x, x_adv)
+        size = linf if self.info.norm == "linf" else l2
         tolerance = 1e-6 + 2 * torch.finfo(x.dtype).eps
         if (size > self.eps + tolerance).any():
             raise RuntimeError(
