@@ -5,7 +5,7 @@
 The class needs no arguments; `base` names the baseline the report compares against.
 The median filter is differentiable almost everywhere, so gradient attacks see through it
 (an adaptive attack); for a non-differentiable step use BPDA (see
-benchmark/defenses/purifiers.py), or the built-in form `median3+<model>`.
+benchmark/models/purified.py), or the built-in form `median3+<model>`.
 """
 
 import torch

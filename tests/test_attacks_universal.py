@@ -358,7 +358,7 @@ def test_runner_decodes_only_the_images_an_attack_trains_on(tmp_path, make_kadid
     from benchmark.datasets.layouts import CardDataset
     from benchmark.datasets.registry import create_dataset
     from benchmark.models.registry import create_model
-    from benchmark.store import ResultStore
+    from benchmark.store.hdf5 import ResultStore
 
     root = make_kadid(tmp_path / "kadid", n_refs=6)
     monkeypatch.setenv("BENCHMARK_CACHE", str(tmp_path / "cache"))

@@ -9,8 +9,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.models.registry import create_model
-from benchmark.results import CellKey, CellResult
-from benchmark.scores import paired_difference
+from benchmark.report.scores import paired_difference
+from benchmark.store.cell import CellKey, CellResult
 
 
 def _cell(model: str, gains: np.ndarray) -> CellResult:
@@ -97,8 +97,8 @@ def test_iterations_that_find_less_than_one_step_are_flagged():
     """A 10-step attack can retrace FGSM's step, so finding less means its iterations fail
     (e.g. a stochastic defense with too noisy an EOT gradient): the checks and the leaderboard
     must say the gains are lower bounds, and stay quiet when the iterations work."""
-    from benchmark.attack_sanity import failing_iterations
-    from benchmark.leaderboard import FAILING_ITERATIONS_NOTE, build_tables
+    from benchmark.report.leaderboard import FAILING_ITERATIONS_NOTE, build_tables
+    from benchmark.report.sanity import failing_iterations
 
     rng = np.random.default_rng(0)
     one = rng.uniform(0.03, 0.05, 40)

@@ -14,8 +14,8 @@ from PIL import Image
 from skimage import data
 
 from benchmark.attacks.registry import create_attack
-from benchmark.defenses.purifiers import EOT_SAMPLES, PurifiedNet
 from benchmark.errors import ConfigError
+from benchmark.models.purified import EOT_SAMPLES, PurifiedNet
 from benchmark.models.registry import create_model
 
 
@@ -157,7 +157,7 @@ def test_purifiers_chain_and_record_their_base() -> None:
 
 def test_evaluating_a_stochastic_purifier_is_reproducible(tiny_root) -> None:
     from benchmark.datasets.builtin import BuiltinDataset
-    from benchmark.evaluation import evaluate_model
+    from benchmark.report.evaluation import evaluate_model
 
     model = create_model("resize1.15+cnniqa-builtin")
     test = BuiltinDataset(tiny_root, "test")

@@ -19,26 +19,26 @@ from torch import nn
 from benchmark import cards
 from benchmark.attacks.registry import create_attack
 from benchmark.cli import main
+from benchmark.cli.train import add_parser as add_train_parser
+from benchmark.cli.train import configs_from_args
 from benchmark.datasets.builtin import BuiltinDataset
-from benchmark.defenses.finetune import (
+from benchmark.errors import NonFiniteScore
+from benchmark.models.archs import build_arch
+from benchmark.models.base import IQAModel, ModelInfo
+from benchmark.models.registry import create_model, list_models, model_registry
+from benchmark.report.evaluation import evaluate_model
+from benchmark.train.finetune import (
     AdversarialObjective,
     DefenseConfig,
     GradientNormObjective,
-    configs_from_args,
     input_gradient_sq_norm,
     input_gradient_sq_norm_fd,
     make_objective,
     run_defense_training,
 )
-from benchmark.errors import NonFiniteScore
-from benchmark.evaluation import evaluate_model
-from benchmark.models.archs import build_arch
-from benchmark.models.base import IQAModel, ModelInfo
-from benchmark.models.registry import create_model, list_models, model_registry
-from benchmark.training import (
+from benchmark.train.loop import (
     InMemory,
     TrainConfig,
-    add_train_parser,
     predict,
     save_checkpoint,
     train_model,

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.runner import RunConfig, run
-from benchmark.store import ResultStore
+from benchmark.run.executors import RayExecutor
+from benchmark.run.runner import RunConfig, run
+from benchmark.store.hdf5 import ResultStore
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]'")
 
@@ -29,7 +30,7 @@ def test_ray_equals_local(tmp_path: Path, make_kadid):
     run(cfg, local, progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        report = run(cfg, remote, progress=False, executor="ray")
+        report = run(cfg, remote, progress=False, executor=RayExecutor())
     finally:
         ray.shutdown()
     assert len(report.computed) == 12 and not report.failed

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark import fftconv
-from benchmark.fftconv import _IRFFT2, _RFFT2, conv2d_fft, fast_float64_conv
+from benchmark.models import fftconv
+from benchmark.models.fftconv import _IRFFT2, _RFFT2, conv2d_fft, fast_float64_conv
 from benchmark.models.pyiqa_adapter import pyiqa_metric
 from benchmark.models.registry import create_model
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 
 from benchmark.errors import StoreError
-from benchmark.leaderboard import (
+from benchmark.report.leaderboard import (
     NO_GRADIENT_REASON,
     build_tables,
     render_html,
     terminal_table,
 )
-from benchmark.results import CellKey, CellResult
+from benchmark.store.cell import CellKey, CellResult
 
 N = 40
 EVIL = "<script>alert(1)</script>"
@@ -239,7 +239,7 @@ def test_terminal_table_lists_every_model():
 def test_certified_cap_shown_where_a_bound_is_known(tmp_path):
     import dataclasses
 
-    from benchmark.scores import certified_gain
+    from benchmark.report.scores import certified_gain
 
     info = {"score_range": [0, 2], "extra": {"certified": {"lipschitz": 0.5}}}
     assert certified_gain(info, 8 / 255, "linf", [3, 8, 8]) == pytest.approx(

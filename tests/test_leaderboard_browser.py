@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.leaderboard import render_html
-from benchmark.results import CellKey, CellResult
+from benchmark.report.leaderboard import render_html
+from benchmark.store.cell import CellKey, CellResult
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

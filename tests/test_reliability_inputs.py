@@ -14,7 +14,7 @@ from benchmark.cli import main
 from benchmark.datasets.registry import create_dataset
 from benchmark.errors import CheckpointError
 from benchmark.models.zoo import load_state
-from benchmark.store import ResultStore
+from benchmark.store.hdf5 import ResultStore
 
 
 def _png(path: Path, seed: int) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.results import PER_IMAGE_FIELDS, CellKey, CellResult
-from benchmark.store import ResultStore
+from benchmark.store.cell import PER_IMAGE_FIELDS, CellKey, CellResult
+from benchmark.store.hdf5 import ResultStore
 
 pytestmark = pytest.mark.slow
 

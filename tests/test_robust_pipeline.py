@@ -10,17 +10,13 @@ import torch
 from benchmark.cards import REPO_ROOT, read_toml
 from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.errors import CheckpointError
-from benchmark.evaluation import evaluate_model
 from benchmark.models.archs import PatchAverage, build_arch
+from benchmark.models.robust_net import convert_network, resize_to_state
 from benchmark.models.zoo import load_zoo_model, read_model_card
+from benchmark.report.evaluation import evaluate_model
 from benchmark.robust import OrthConv2d, OrthLinear, empirical_lipschitz, lipschitz_upper_bound
-from benchmark.robust.pipeline import (
-    RobustifyConfig,
-    convert_network,
-    resize_to_state,
-    run_robustify,
-)
-from benchmark.training import TrainConfig, run_training
+from benchmark.train.loop import TrainConfig, run_training
+from benchmark.train.robustify import RobustifyConfig, run_robustify
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,7 @@ import pytest
 import scipy.stats as st
 
 from benchmark.errors import ConfigError
-from benchmark.results import CellKey, CellResult
-from benchmark.scores import (
+from benchmark.report.scores import (
     abs_gain,
     bootstrap_ci,
     energy_score,
@@ -32,6 +31,7 @@ from benchmark.scores import (
     to_quality,
     wasserstein_score,
 )
+from benchmark.store.cell import CellKey, CellResult
 
 NAN = float("nan")
 
@@ -255,7 +255,7 @@ def test_bootstrap_ci_edge_cases():
 
 
 def test_bootstrap_chunking_gives_the_same_interval(monkeypatch):
-    import benchmark.scores as scores
+    import benchmark.report.scores as scores
 
     x = np.random.default_rng(0).normal(size=50)
     whole = bootstrap_ci(row_mean, x, n_boot=100, seed=4)

@@ -10,8 +10,7 @@ import scipy.stats as st
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from benchmark.results import CellKey, CellResult
-from benchmark.scores import (
+from benchmark.report.scores import (
     R_EPS,
     abs_gain,
     bootstrap_ci,
@@ -26,6 +25,7 @@ from benchmark.scores import (
     to_quality,
     wasserstein_score,
 )
+from benchmark.store.cell import CellKey, CellResult
 
 unit = hs.floats(0.0, 1.0, allow_nan=False)
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

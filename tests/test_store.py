@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-import benchmark.store as store_mod
+import benchmark.store.hdf5 as store_mod
 from benchmark.errors import StoreError
-from benchmark.results import CellKey, CellResult
-from benchmark.store import ResultStore, read_results
+from benchmark.store.cell import CellKey, CellResult
+from benchmark.store.hdf5 import ResultStore, read_results
 
 
 def cell(model: str = "m", attack: str = "ifgsm", n: int = 5, seed: int = 0) -> CellResult:

@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from benchmark.cards import MODEL_DIRS_ENV, REPO_ROOT, read_toml, write_toml
+from benchmark.cli.train import add_parser as add_train_parser
+from benchmark.cli.train import config_from_args
 from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.errors import CheckpointError, ConfigError
-from benchmark.evaluation import correlation_report, evaluate_model, predict
 from benchmark.models.archs import PatchAverage, ResNetSmall, build_arch, core_module
 from benchmark.models.registry import create_model, model_registry, resolve_model_names
 from benchmark.models.zoo import load_zoo_model
-from benchmark.training import (
+from benchmark.report.evaluation import correlation_report, evaluate_model, predict
+from benchmark.train.loop import (
     InMemory,
     TrainConfig,
-    add_train_parser,
-    config_from_args,
     init_from_pyiqa,
     run_training,
     save_checkpoint,

@@ -225,7 +225,7 @@ def pyiqa_arch_class(class_name: str) -> type[nn.Module]:
 
 
 def _build_pyiqa(class_name: str, **params: Any) -> nn.Module:
-    from benchmark.offline import explain_load_failure, no_downloads
+    from benchmark.models.offline import explain_load_failure, no_downloads
 
     cls = pyiqa_arch_class(class_name)
     accepted = inspect.signature(cls.__init__).parameters

@@ -3,8 +3,8 @@
 Metrics are created with `as_loss=True, loss_reduction="none"`: pyiqa's default
 (`as_loss=False`) wraps the forward in `torch.set_grad_enabled(False)`, which would
 make every gradient attack silently find nothing. Their float64 convolutions run through
-the FFT on the CPU (`benchmark.fftconv`): same numbers to float64 rounding, 7-12x faster
-forward+backward for SSIM, SSIM-C and MS-SSIM (benchmarks/fftconv_speed.py).
+the FFT on the CPU (`benchmark.models.fftconv`): same numbers to float64 rounding, 7-12x faster
+forward+backward for SSIM, SSIM-C and MS-SSIM (scripts/fftconv_speed.py).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from benchmark.errors import ModelUnavailable
-from benchmark.fftconv import fast_float64_conv
 from benchmark.models.base import IQAModel, ModelInfo, count_parameters
-from benchmark.offline import explain_load_failure, no_downloads
+from benchmark.models.fftconv import fast_float64_conv
+from benchmark.models.offline import explain_load_failure, no_downloads
 
 log = logging.getLogger(__name__)
 

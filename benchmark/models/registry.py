@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.defenses.purifiers import parse_purified, purified_model
 from benchmark.errors import ConfigError, ModelUnavailable
 from benchmark.models.base import IQAModel, ModelInfo, count_parameters
+from benchmark.models.purified import parse_purified, purified_model
 from benchmark.models.pyiqa_adapter import create_pyiqa_model, pyiqa_availability, pyiqa_info
 from benchmark.paths import cache_dir
 from benchmark.registry import Entry, Registry, load_target
@@ -63,7 +63,7 @@ def create_model(name: str, device: str | torch.device = "cpu") -> IQAModel:
     """Build any model by name; raises ModelUnavailable (with the reason) or UnknownNameError.
 
     `<purifier><param>+<base>` (e.g. `jpeg50+cnniqa-builtin`) puts a purification defense in
-    front of any base model (benchmark.defenses.purifiers).
+    front of any base model (benchmark.models.purified).
     """
     purified = parse_purified(name)
     if purified is not None:

@@ -121,7 +121,7 @@ def build_network(card: dict[str, Any]) -> torch.nn.Module:
     """The card's network with its checkpoint loaded (eval mode, gradients on for training).
 
     A `[robust]` table means the base architecture converted to RobustBlocks
-    (`benchmark.robust.pipeline.convert_network`); its layer widths, which pruning may have
+    (`benchmark.models.robust_net.convert_network`); its layer widths, which pruning may have
     reduced, are read from the checkpoint's tensor shapes, so the file alone defines them.
     """
     from benchmark.models.archs import build_arch
@@ -130,7 +130,7 @@ def build_network(card: dict[str, Any]) -> torch.nn.Module:
     ckpt = card["_path"].parent / card["checkpoint"]
     state = load_state(ckpt)
     if "robust" in card:
-        from benchmark.robust.pipeline import convert_network, resize_to_state
+        from benchmark.models.robust_net import convert_network, resize_to_state
 
         net, _ = convert_network(net, init_from_base=False)
         resize_to_state(net, state, ckpt)

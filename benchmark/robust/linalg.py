@@ -7,7 +7,7 @@ factors: P L U differs from the matrix by about 1 (float32 and float64 alike), a
 pivots come back 0, which torch reports as "Pivots given to lu_solve must all be greater or
 equal to 1" after oneMKL prints "Parameter 6 was incorrect on entry to [SDCZ]LASWP". Without
 that call, after `set_num_threads(1)`, for one matrix at a time, or for sizes up to 128 the
-factors are right (`python benchmarks/lu_thread_flip_stress.py` measures it). SVD, eigh, QR,
+factors are right (`python scripts/lu_thread_flip_stress.py` measures it). SVD, eigh, QR,
 Cholesky, matmul and a batched `lu_solve` with correct factors are unaffected. OrthConv2d's
 Cayley transform and robustify's initial projection factorise exactly such batches.
 

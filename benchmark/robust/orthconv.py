@@ -5,7 +5,7 @@ A circular convolution is block-diagonal in the 2-D DFT basis: at every frequenc
 Cayley transform of a skew-Hermitian matrix, so the whole layer is an orthogonal operator
 (`c_out >= c_in`: norm-preserving) or a co-isometry (`c_out < c_in`: non-expansive).
 
-Why it is written the way it is (measured on the 2-core CPU, see `benchmarks/orthconv_speed.py`):
+Why it is written the way it is (measured on the 2-core CPU, see `scripts/orthconv_speed.py`):
 
 - The skew-Hermitian part is the DFT of a *real* k x k kernel `S[t] = K[t] - K[-t]^T`, built
   directly with two small DFT matrices over the taps (no zero-padded FFT of the kernel). A

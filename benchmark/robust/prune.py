@@ -27,7 +27,7 @@ from benchmark.robust.orthconv import OrthConv2d
 
 __all__ = ["PruneReport", "prune"]
 
-_PRUNABLE = (OrthConv2d, nn.Conv2d, OrthLinear, nn.Linear)
+PRUNABLE = (OrthConv2d, nn.Conv2d, OrthLinear, nn.Linear)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _couplings(
 
         handles = [producer.register_forward_hook(perturb)]
         for key, mod in layers.items():
-            if key != name and isinstance(mod, _PRUNABLE):
+            if key != name and isinstance(mod, PRUNABLE):
                 handles.append(mod.register_forward_pre_hook(capture(key)))
                 handles.append(mod.register_forward_hook(freeze))
         try:
@@ -142,7 +142,7 @@ def _groups(deps: dict[str, torch.Tensor], n_out: int) -> list[list[int]]:
     return list(comps.values())
 
 
-def _slice_layer(layer: nn.Module, keep_out: torch.Tensor | None, keep_in: torch.Tensor | None):
+def slice_layer(layer: nn.Module, keep_out: torch.Tensor | None, keep_in: torch.Tensor | None):
     """A new, smaller layer of the same type with the given output rows / input columns."""
     w = layer.weight.detach()
     bias = getattr(layer, "bias", None)
@@ -225,7 +225,7 @@ def prune(
     )
     report = PruneReport(params_before=_n_params(model))
     names = list(layers) if layers is not None else [
-        n for n, m in model.named_modules() if isinstance(m, _PRUNABLE)
+        n for n, m in model.named_modules() if isinstance(m, PRUNABLE)
     ]  # fmt: skip
     for name in names:
         producer = model.get_submodule(name)
@@ -248,12 +248,12 @@ def prune(
         gone = sorted(c for i in drop for c in groups[i])
         keep_out = torch.tensor([c for c in range(n_out) if c not in set(gone)])
         trial = copy.deepcopy(model)
-        _set(trial, name, _slice_layer(producer, keep_out, None))
+        _set(trial, name, slice_layer(producer, keep_out, None))
         for cname, mat in deps.items():
             cols_gone = mat[gone].any(dim=0)
             keep_in = torch.nonzero(~cols_gone).flatten()
             consumer = trial.get_submodule(cname)
-            _set(trial, cname, _slice_layer(consumer, None, keep_in))
+            _set(trial, cname, slice_layer(consumer, None, keep_in))
         try:
             # torch.fx prints the whole traceback of a failing traced forward to stderr
             # before raising; the failure is expected here and recorded in the report.

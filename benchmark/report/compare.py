@@ -1,0 +1,214 @@
+"""`compare`: a user's defense against its baseline on the standard suite, with statistics.
+
+The defense and the baseline run the same cells (same images, attacks, budgets, seed); the
+report pairs them image by image: the difference of absolute gains gets a paired bootstrap
+interval and p-value, so "my defense lowers the gain" is a claim with an error bar. Warnings
+flag weak evidence: few images, a gradient-free attack beating the gradient attacks (gradient
+masking), one signed-gradient step beating an iterative attack of the same kind (the
+iterations are failing: stochastic or obfuscated gradients), a non-differentiable defense seen
+only by gradient attacks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.report.sanity import failing_iterations
+from benchmark.report.scores import paired_difference, summarize_cell
+from benchmark.store.cell import CellResult
+
+STANDARD_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd", "square")
+FEW_IMAGES = 30
+
+
+@dataclass
+class AttackComparison:
+    attack: str
+    eps_label: str
+    direction: str
+    defense_gain: float
+    defense_ci: tuple[float, float]
+    baseline_gain: float
+    baseline_ci: tuple[float, float]
+    diff: float  # defense - baseline, paired over images
+    diff_ci: tuple[float, float]
+    p_value: float
+    n_pairs: int
+    defense_status: str
+    baseline_status: str
+
+
+@dataclass
+class CompareReport:
+    defense: str
+    baseline: str
+    rows: list[AttackComparison]
+    clean: dict[str, dict[str, float]]  # model -> srocc/plcc (+CI)
+    warnings: list[str] = field(default_factory=list)
+    positions: list[str] = field(default_factory=list)
+
+
+def build_report(
+    cells: list[CellResult], defense: str, baseline: str, context: list[CellResult] | None = None
+) -> CompareReport:
+    by_key = {(c.key.model, c.key.attack, c.key.eps, c.key.direction): c for c in cells}
+    rows = []
+    clean: dict[str, dict[str, float]] = {}
+    summaries: dict[tuple, dict[str, Any]] = {}
+    for (model, attack, eps, direction), cell in sorted(by_key.items()):
+        summaries[(model, attack, eps, direction)] = s = summarize_cell(cell, n_boot=500)
+        if model not in clean or s["n_mos_clean"] > clean[model]["n"]:
+            clean[model] = {
+                "srocc": s["srocc_clean"],
+                "srocc_low": s["srocc_clean_low"],
+                "srocc_high": s["srocc_clean_high"],
+                "plcc": s["plcc_logistic_clean"],
+                "n": s["n_mos_clean"],
+            }
+    for (model, attack, eps, direction), cell in sorted(by_key.items()):
+        if model != defense or (baseline, attack, eps, direction) not in by_key:
+            continue
+        base_cell = by_key[(baseline, attack, eps, direction)]
+        sd, sb = (
+            summaries[(model, attack, eps, direction)],
+            summaries[(baseline, attack, eps, direction)],
+        )
+        diff, diff_ci, p, n = paired_difference(cell, base_cell)
+        rows.append(
+            AttackComparison(
+                attack,
+                cell.key.eps_label,
+                direction,
+                sd["abs_gain"],
+                (sd["abs_gain_low"], sd["abs_gain_high"]),
+                sb["abs_gain"],
+                (sb["abs_gain_low"], sb["abs_gain_high"]),
+                diff,
+                diff_ci,
+                p,
+                n,
+                cell.status,
+                base_cell.status,
+            )  # fmt: skip
+        )
+    report = CompareReport(defense, baseline, rows, clean)
+    report.warnings = _warnings(report, [c for c in cells if c.key.model == defense])
+    if context:
+        report.positions = leaderboard_positions(context + cells, defense)
+    return report
+
+
+def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[str]:
+    out = []
+    n = max((len(c) for c in defense_cells), default=0)
+    if n < FEW_IMAGES:
+        out.append(
+            f"only {n} images per cell: intervals are wide, the evidence is weak (use more, e.g. --limit 200)"
+        )
+    if any(c.gradient == "none" for c in defense_cells):
+        free = [c for c in defense_cells if c.attack_config.get("gradient_free")]
+        if not free:
+            out.append(
+                "the defense has no usable input gradient and only gradient attacks ran: it is "
+                "untested, not robust (add a gradient-free attack such as square, or a BPDA surrogate)"
+            )
+    for eps_dir in {(r.eps_label, r.direction) for r in report.rows}:
+        rows = [
+            r
+            for r in report.rows
+            if (r.eps_label, r.direction) == eps_dir and r.defense_status == "done"
+        ]
+        grad = [r.defense_gain for r in rows if r.attack not in _gradient_free_names(defense_cells)]
+        free = [r.defense_gain for r in rows if r.attack in _gradient_free_names(defense_cells)]
+        if grad and free and max(free) > 1.5 * max(max(grad), 0) + 0.005:
+            out.append(
+                f"at {eps_dir[0]} a gradient-free attack gains {max(free):.3f} but gradient attacks "
+                f"only {max(grad):.3f}: gradient masking suspected; gradient-attack numbers understate the risk"
+            )
+    out += [w for ws in failing_iterations(defense_cells).values() for w in ws]
+    return sorted(out)
+
+
+def _gradient_free_names(cells: list[CellResult]) -> set[str]:
+    return {c.key.attack for c in cells if c.attack_config.get("gradient_free")}
+
+
+def leaderboard_positions(cells: list[CellResult], model: str) -> list[str]:
+    from benchmark.report.leaderboard import build_tables, threat_label
+
+    tables = build_tables(cells, n_boot=200)
+    out = []
+    for (dataset, norm, _eps, direction), group in tables.threat_groups():
+        hit = group[group["model"] == model]
+        if len(hit):
+            out.append(
+                f"{dataset} | {threat_label(norm, hit['eps_label'].iloc[0])} | {direction}: "
+                f"rank {int(hit['rank'].iloc[0])} of {len(group)}"
+            )
+    return out
+
+
+def _fmt(v: float, d: int = 4) -> str:
+    return "-" if not np.isfinite(v) else f"{v:.{d}f}"
+
+
+def terminal_report(r: CompareReport) -> str:
+    lines = [f"defense {r.defense} vs baseline {r.baseline}"]
+    for m in (r.defense, r.baseline):
+        c = r.clean.get(m, {})
+        lines.append(f"  clean SROCC {m}: {_fmt(c.get('srocc', np.nan), 3)} "
+                     f"[{_fmt(c.get('srocc_low', np.nan), 3)}, {_fmt(c.get('srocc_high', np.nan), 3)}]")  # fmt: skip
+    head = f"  {'attack':<16}{'eps':<9}{'dir':<5}{'defense gain':>14}{'baseline gain':>15}{'diff [95% CI]':>30}{'p':>8}{'n':>6}"
+    lines += [head, "  " + "-" * (len(head) - 2)]
+    for x in r.rows:
+        ci = f"{_fmt(x.diff)} [{_fmt(x.diff_ci[0])}, {_fmt(x.diff_ci[1])}]"
+        lines.append(
+            f"  {x.attack:<16}{x.eps_label:<9}{x.direction:<5}{_fmt(x.defense_gain):>14}"
+            f"{_fmt(x.baseline_gain):>15}{ci:>30}{_fmt(x.p_value, 3):>8}{x.n_pairs:>6}"
+        )
+    lines += [f"  leaderboard: {p}" for p in r.positions]
+    lines += [f"  warning: {w}" for w in r.warnings]
+    return "\n".join(lines)
+
+
+_HTML = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ r.defense }} vs {{ r.baseline }}</title>
+<style>body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px}
+table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 8px}
+td.n{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#a40}</style></head><body>
+<h1>Defense {{ r.defense }} vs baseline {{ r.baseline }}</h1>
+<h2>Clean correlation with MOS</h2>
+<table><tr><th>Model</th><th>SROCC [95% CI]</th><th>PLCC (logistic)</th></tr>
+{% for m, c in r.clean.items() %}<tr><td>{{ m }}</td><td class="n">{{ fmt(c.srocc, 3) }} [{{ fmt(c.srocc_low, 3) }}, {{ fmt(c.srocc_high, 3) }}]</td><td class="n">{{ fmt(c.plcc, 3) }}</td></tr>
+{% endfor %}</table>
+<h2>Absolute gain per attack (lower is more robust)</h2>
+<p>Difference = defense - baseline, paired over the same images; 95% bootstrap interval and two-sided bootstrap p-value.</p>
+<table><tr><th>Attack</th><th>eps</th><th>Direction</th><th>Defense gain [CI]</th><th>Baseline gain [CI]</th><th>Difference [CI]</th><th>p</th><th>Images</th></tr>
+{% for x in r.rows %}<tr><td>{{ x.attack }}</td><td>{{ x.eps_label }}</td><td>{{ x.direction }}</td>
+<td class="n">{{ fmt(x.defense_gain) }} [{{ fmt(x.defense_ci[0]) }}, {{ fmt(x.defense_ci[1]) }}]{% if x.defense_status != "done" %} ({{ x.defense_status }}){% endif %}</td>
+<td class="n">{{ fmt(x.baseline_gain) }} [{{ fmt(x.baseline_ci[0]) }}, {{ fmt(x.baseline_ci[1]) }}]</td>
+<td class="n">{{ fmt(x.diff) }} [{{ fmt(x.diff_ci[0]) }}, {{ fmt(x.diff_ci[1]) }}]</td><td class="n">{{ fmt(x.p_value, 3) }}</td><td class="n">{{ x.n_pairs }}</td></tr>
+{% endfor %}</table>
+<h2>Leaderboard position</h2>
+{% if r.positions %}<ul>{% for p in r.positions %}<li>{{ p }}</li>{% endfor %}</ul>{% else %}<p>No leaderboard results given (--leaderboard FILE.h5).</p>{% endif %}
+<h2>Warnings</h2>
+{% if r.warnings %}<ul>{% for w in r.warnings %}<li class="warn">{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
+</body></html>
+"""
+
+
+def write_html(report: CompareReport, path: Path) -> Path:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    page = env.from_string(_HTML).render(r=report, fmt=_fmt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
