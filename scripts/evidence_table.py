@@ -1,4 +1,6 @@
-"""Print the README's evidence tables from a results file: base vs RobustBlock vs defenses.
+"""Print evidence tables from results files, with inference timings measured now.
+
+The committed tables in docs/evidence/ come from scripts/evidence_docs.py (no timings).
 
     python scripts/evidence_table.py results/evidence.h5 [more.h5 ...] [--timing-images 8]
         [--family BASE]
@@ -13,99 +15,34 @@ printed as a ratio to the model's base (the model a defense or conversion wraps)
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def _ci(v: Any, lo: Any, hi: Any, digits: int = 3) -> str:
-    if v is None or not math.isfinite(float(v)):
-        return "-"
-    return f"{float(v):.{digits}f} [{float(lo):.{digits}f}, {float(hi):.{digits}f}]"
-
-
-def base_of(name: str) -> str:
-    """The model a defense, purifier or RobustBlock conversion wraps (itself for a base)."""
-    from benchmark.models.purified import parse_purified
-    from benchmark.models.registry import model_registry
-
-    purified = parse_purified(name)
-    if purified is not None:
-        return base_of(purified[2])
-    if name in model_registry():
-        return model_registry().get(name).meta.get("base") or name
-    return name
-
-
-def training_minutes(name: str) -> float | None:
-    """Minutes on the model's card (wall clock of the command that made it); 0 for purifiers."""
-    from benchmark.cards import read_toml
-    from benchmark.models.purified import parse_purified
-    from benchmark.models.registry import model_registry
-
-    if parse_purified(name) is not None:
-        return 0.0
-    if name not in model_registry():
-        return None
-    card = model_registry().get(name).meta.get("card")
-    if not card:
-        return None
-    return read_toml(Path(card)).get("training", {}).get("minutes")
-
-
-def spread_gains(cells: list[Any]) -> dict[tuple[str, str, float, str], float]:
-    """Mean gain in units of the spread (std) of the model's own clean scores, per cell.
-
-    Why: a model whose outputs are compressed into a narrow band (a Lipschitz-constrained one
-    can be) shows a small absolute gain even when the attack moves it across its whole range
-    of opinions; gain / std(clean) is scale-free and shows that.
-    """
-    import numpy as np
-
-    from benchmark.report.scores import to_quality
-
-    out = {}
-    for c in cells:
-        if c.status != "done":
-            continue
-        lb = bool(c.model_info.get("lower_better"))
-        sr = c.model_info.get("score_range")
-        q = to_quality(c.clean, lb, sr)
-        qa = to_quality(c.attacked, lb, sr, clean_raw=c.clean)
-        ok = np.isfinite(q) & np.isfinite(qa)
-        sd = float(np.std(q[ok]))
-        if ok.sum() > 1 and sd > 0:
-            key = (c.key.model, c.key.attack, float(c.key.eps), c.key.direction)
-            out[key] = float(np.mean(qa[ok] - q[ok])) / sd
-    return out
+from benchmark.report.evidence import (
+    md_ci,
+    md_num,
+    base_of,
+    split_correlations,
+    spread_gains,
+    training_minutes,
+)
 
 
 def test_split_correlations(name: str) -> dict[str, Any]:
     """SROCC/PLCC with CIs on the whole builtin test split: the card's numbers where the model
     has a card (they were measured on its shipped file), else measured now."""
-    from benchmark.cards import read_toml
     from benchmark.datasets.registry import create_dataset
-    from benchmark.models.registry import create_model, model_registry
+    from benchmark.models.registry import create_model
     from benchmark.report.evaluation import evaluate_model
 
-    if name in model_registry():
-        card = model_registry().get(name).meta.get("card")
-        ev = read_toml(Path(card)).get("evaluation", {}) if card else {}
-        if ev.get("dataset") == "builtin" and ev.get("split") == "test":
-            return ev
-    return evaluate_model(create_model(name), create_dataset("builtin", "test"))
+    return split_correlations(name, {}) or evaluate_model(
+        create_model(name), create_dataset("builtin", "test")
+    )
 
 
 def inference_ms(names: list[str], n_images: int, repeats: int = 3) -> dict[str, float]:
@@ -186,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
             c = corr[m]
             print(
                 f"| {m} | {r['source']} | {int(r['params']) if pd.notna(r['params']) else '-'} "
-                f"| {_ci(c['srocc'], *c['srocc_ci'])} | {_fmt(c['plcc'])} "
-                f"| {_ci(r['abs_gain'], r['abs_gain_low'], r['abs_gain_high'])} "
+                f"| {md_ci(c['srocc'], *c['srocc_ci'])} | {md_num(c['plcc'])} "
+                f"| {md_ci(r['abs_gain'], r['abs_gain_low'], r['abs_gain_high'])} "
                 f"| {r['worst_attack'] or r['reason']} "
-                f"| {_fmt(per_sd.get((m, r['worst_attack'], float(r['eps']), args.direction)), 2)} "
-                f"| {_fmt(r['robustness'], 2)} "
-                f"| {_fmt(r['certified_gain'], 2)} | {_fmt(t, 1)} "
-                f"| {_fmt(ms.get(m), 1)}{ratio} |"
+                f"| {md_num(per_sd.get((m, r['worst_attack'], float(r['eps']), args.direction)), 2)} "
+                f"| {md_num(r['robustness'], 2)} "
+                f"| {md_num(r['certified_gain'], 2)} | {md_num(t, 1)} "
+                f"| {md_num(ms.get(m), 1)}{ratio} |"
             )
 
     cells = tables.cells[tables.cells["direction"] == args.direction]
@@ -204,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| model | " + " | ".join(mat.columns) + " |")
         print("|---|" + "---|" * len(mat.columns))
         for m, vals in mat.iterrows():
-            print(f"| {m} | " + " | ".join(_fmt(v) for v in vals) + " |")
+            print(f"| {m} | " + " | ".join(md_num(v) for v in vals) + " |")
     return 0
 
 

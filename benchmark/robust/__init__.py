@@ -1,4 +1,4 @@
-"""RobustBlocks: robust-by-architecture IQA models (DESIGN section 6).
+"""RobustBlocks: robust-by-architecture IQA models (docs/architecture.md).
 
 API: `robustify(model) -> (model, report)`, `prune(model, tau=..|fraction=..) -> (model,
 report)`, `lipschitz_upper_bound(model, input_shape) -> float | None`,

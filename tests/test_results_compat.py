@@ -1,0 +1,53 @@
+"""A results file written before the house move (tests/data/premove, made by the code of
+b94c2f7) still reads, renders the same leaderboard, and its cells keep their config hashes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.report.leaderboard import build_tables, render_html, terminal_table
+from benchmark.store.hdf5 import read_results
+
+DATA = Path(__file__).parent / "data" / "premove"
+# the command that wrote premove.h5 (its leaderboard and exports are beside it)
+COMMAND = [
+    "run", "--models", "cnniqa-builtin,robust-cnniqa-builtin,jpeg50+cnniqa-builtin,ssim,at-cnniqa-builtin",
+    "--attacks", "fgsm,uap", "--limit", "4",
+]  # fmt: skip
+
+
+def normalised_html(text: str) -> str:
+    """The page without what changes with each rendering: embedded plots and the clock."""
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,PNG", text)
+    return re.sub(r"(<th>report generated</th><td>)[^<]*", r"\1TIME", text)
+
+
+def test_old_results_file_renders_the_same_leaderboard(tmp_path: Path) -> None:
+    cells = read_results([str(DATA / "premove.h5")])
+    assert len(cells) == 10
+    tables = build_tables(cells)
+    assert terminal_table(cells, tables=tables) + "\n" == (DATA / "terminal.txt").read_text()
+    html = render_html(cells, tmp_path / "leaderboard.html", tables=tables)
+    for name in ("ranking", "cells"):
+        for ext in ("csv", "json"):
+            got = (tmp_path / f"leaderboard.{name}.{ext}").read_text()
+            assert got == (DATA / f"leaderboard.{name}.{ext}").read_text(), f"{name}.{ext}"
+    want = (DATA / "leaderboard.html").read_text()
+    assert normalised_html(Path(html).read_text()) == want
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_old_results_file_cells_are_not_recomputed(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "premove.h5"
+    shutil.copy(DATA / "premove.h5", out)
+    before = out.read_bytes()
+    rc = main([*COMMAND, "--out", str(out), "--html", str(tmp_path / "lb.html"), "-q"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "0 cell(s) computed, 10 already stored (nothing recomputed)" in printed
+    assert out.read_bytes() == before
