@@ -4,10 +4,9 @@ SSIM is the one pyiqa computes (`pyiqa.archs.ssim_arch.ssim` on the YIQ luma, 11
 Gaussian window of sigma 1.5, 'valid' borders, non-negative contrast-structure term). The
 runner computes it for every attacked image, where pyiqa's version cost about as much as
 scoring a cheap model, so the five window means are taken with the Gaussian split into its
-two 1-D factors, each applied as 11 shifted multiply-adds over all five maps at once: on a
-batch of four 192x192 images with two threads, 0.44 ms per image against 1.25 for the same
-1-D passes as grouped convolutions (depthwise kernels are slow on CPU). In float32, within
-1e-5 of pyiqa's float64 (tested).
+two 1-D factors, each applied as 11 shifted multiply-adds over all five maps at once
+(depthwise convolution kernels are slow on CPU; docs/speed.md). In float32, within 1e-5 of
+pyiqa's float64 (tested).
 """
 
 from __future__ import annotations

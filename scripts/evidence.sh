@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind the README's evidence tables (RobustBlocks and defense baselines).
+# The runs behind the evidence tables in docs/evidence/ (RobustBlocks and defense baselines).
 # Usage: bash scripts/evidence.sh [MODELS] [OUT]
 # then: python scripts/evidence_docs.py (regenerates the marked tables in docs/evidence/)
 # Images: 16 evenly spaced over the builtin test split (--sample), both budgets of the issue.

@@ -137,7 +137,7 @@ class Attack(ABC):
         return x_adv
 
     def _check_result(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-        """The budget contract of section 3: a violation is a bug in the attack, never data."""
+        """The budget contract (every attacked image within its own budget): a violation is a bug in the attack, never data."""
         name = self.info.name
         if x_adv.shape != x.shape or x_adv.device != x.device:
             raise RuntimeError(f"attack {name} changed the image shape or device")

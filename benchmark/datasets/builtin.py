@@ -43,7 +43,7 @@ luma-structure metrics barely see (SSIM-like metrics give near-flat labels for
 desaturation or colour casts). The geometric mean lets a large deficit on any one axis
 pull quality down, which a plain average would dilute 1:4. Anchors were set near the
 1st/99th percentile of each metric over the strongest distortions. pyiqa's MS-SSIM
-wrapper casts to float64, which is 10x slower on CPU with values equal to 4 decimals,
+wrapper casts to float64, which is much slower on CPU with values equal to 4 decimals,
 so the same pyiqa function is called on float32 input.
 
 Splits are by source photograph (the two motorcycle views are one group): `test`

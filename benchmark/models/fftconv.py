@@ -1,10 +1,9 @@
 """2-D convolution through the FFT, for float64 on the CPU, where PyTorch's own is slow.
 
 pyiqa computes SSIM, SSIM-C and MS-SSIM in float64 (the variance terms cancel badly in
-float32), and PyTorch's CPU float64 convolution takes its unvectorised im2col path: an 11x11
-Gaussian over 16 images of 192x192 takes 465 ms on one thread, `conv2d_fft` 33 ms, agreeing to
-float64 rounding (about 1e-15 of the signal's size; tested forward and backward against
-`F.conv2d`). `fast_float64_conv()` reroutes only those calls, only inside its `with` block,
+float32), and PyTorch's CPU float64 convolution takes its unvectorised im2col path; the FFT
+is an order of magnitude faster there (docs/speed.md), agreeing to float64 rounding (about
+1e-15 of the signal's size; tested forward and backward against `F.conv2d`). `fast_float64_conv()` reroutes only those calls, only inside its `with` block,
 so the metrics keep their own code and their float64 precision.
 """
 

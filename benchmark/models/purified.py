@@ -81,7 +81,7 @@ class JPEG(Purifier):
             out[i] = torch.from_numpy(dec.copy()).permute(2, 0, 1).to(x.dtype) / 255
         if not _grad_wanted(x):  # scoring pays only the real codec
             return out
-        from kornia.enhance import jpeg_codec_differentiable  # 0.35 s to import; attacks only
+        from kornia.enhance import jpeg_codec_differentiable  # a slow import; attacks only
 
         quality = torch.tensor([float(self.quality)], device=x.device, dtype=x.dtype)
         return _bpda(jpeg_codec_differentiable(x, quality), out)

@@ -3,8 +3,8 @@
 Metrics are created with `as_loss=True, loss_reduction="none"`: pyiqa's default
 (`as_loss=False`) wraps the forward in `torch.set_grad_enabled(False)`, which would
 make every gradient attack silently find nothing. Their float64 convolutions run through
-the FFT on the CPU (`benchmark.models.fftconv`): same numbers to float64 rounding, 7-12x faster
-forward+backward for SSIM, SSIM-C and MS-SSIM (scripts/fftconv_speed.py).
+the FFT on the CPU (`benchmark.models.fftconv`): same numbers to float64 rounding, several times faster
+forward+backward for SSIM, SSIM-C and MS-SSIM (docs/speed.md, scripts/fftconv_speed.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from benchmark.errors import ModelUnavailable
 from benchmark.models.base import IQAModel, ModelInfo, count_parameters
 from benchmark.models.fftconv import fast_float64_conv
 from benchmark.models.offline import explain_load_failure, no_downloads
+from benchmark.paths import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +192,6 @@ def pyiqa_availability(cache_dir: Path) -> dict[str, Availability]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(".tmp")
-    tmp.write_text(
-        json.dumps({"key": key, "models": {k: vars(v) for k, v in result.items()}}, indent=1)
-    )
-    tmp.replace(cache_file)
+    text = json.dumps({"key": key, "models": {k: vars(v) for k, v in result.items()}}, indent=1)
+    atomic_write(cache_file, lambda tmp: tmp.write_text(text))
     return result

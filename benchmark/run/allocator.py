@@ -3,19 +3,14 @@
 glibc serves allocations above its mmap threshold (at most 32 MB) with a fresh `mmap` and
 unmaps them on free. PyTorch's CPU tensors use plain malloc, so every large temporary (the
 float64 im2col buffers of pyiqa's SSIM family are 0.5-1.5 GB per convolution at batch 16)
-is page-faulted in again on every call: on the 2-core machine this project runs on, a third
-to a half of a run's CPU time went to the kernel zeroing those pages. Measured, one thread:
-`run --models all --exclude mad --attacks fgsm --sample 32` (16 models) took 78 s user +
-43 s sys before, 88 s user + 4 s sys after (peak resident 2.6 GB before, 3.9 GB after);
-`--models ssim,ms_ssim,ssimc,cnniqa-builtin,vif --attacks ifgsm --param steps=3` 67 + 55 s
-before, 73 + 2 s after.
+is page-faulted in again on every call, and the kernel's page zeroing can take a large share
+of a run's CPU time (measurements in docs/speed.md).
 
 `keep_freed_memory()` serves every allocation from the heap (`M_MMAP_MAX = 0`) and lets
 up to `trim_mb` of free memory stay at its top (`M_TRIM_THRESHOLD`), so buffers are reused
 instead of faulted in again. The cost is a higher resident peak (freed memory is kept for
-reuse), and a heap that only grows: over the 21 models of `run --models all --exclude mad
---attacks uap,facpa` it reached 20.9 GB of the machine's 24 and the run slowed down by a
-third. So the runner calls `release_freed_memory()` (`malloc_trim`) when it is done with a
+reuse), and a heap that only grows over a long run of many models (docs/speed.md). So the
+runner calls `release_freed_memory()` (`malloc_trim`) when it is done with a
 model: each model's buffers are kept while its cells run, then handed back. It does nothing
 off glibc, and `BENCHMARK_MALLOC=default` turns it off.
 """
