@@ -12,6 +12,7 @@ from typing import Any
 import tomli_w
 
 from benchmark.errors import ConfigError
+from benchmark.paths import atomic_write
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CARD_DIRS = {
@@ -32,10 +33,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def write_toml(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(dict(data)))
-    tmp.replace(path)
+    text = tomli_w.dumps(dict(data))
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 # A field spec: key -> (allowed python types, required?)

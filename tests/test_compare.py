@@ -118,3 +118,22 @@ def test_iterations_that_find_less_than_one_step_are_flagged():
     working.key = CellKey("def", "d", "pgd", 8 / 255, "up")
     working.attacked = working.clean + one - 0.02
     assert failing_iterations([fgsm, working]) == {}
+
+
+def test_masking_warning_reads_the_shared_gradient_rule():
+    """An old file's square cell records no `gradient_free`: compare must still see a
+    gradient-free attack beating the gradient ones (the rule the leaderboard uses)."""
+    from benchmark.report.compare import build_report
+
+    cells = []
+    for model, shift in (("def", 0.0), ("base", 0.05)):
+        for attack, gain in (("fgsm", 0.02), ("pgd", 0.03), ("square", 0.09)):
+            cell = _cell(model, np.full(40, gain + shift))
+            cell.key = CellKey(model, "d", attack, 4 / 255, "up")
+            cell.attack_config = {"name": attack}
+            cells.append(cell)
+    (warning,) = [w for w in build_report(cells, "def", "base").warnings if "masking" in w]
+    assert "gradient-free attack gains 0.090" in warning
+    for cell in cells:
+        cell.attack_config = {"name": cell.key.attack, "gradient_free": False}
+    assert not [w for w in build_report(cells, "def", "base").warnings if "masking" in w]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import importlib.resources
 import math
 import re
 import sys
+import tomllib
 import zlib
+from fnmatch import fnmatch
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -220,6 +224,40 @@ def test_html_renders_without_ranked_models(tmp_path):
     cells = [make_cell("piqe", "pgd", 0.0, status="not_applicable", gradient="none")]
     html = render_html(cells, tmp_path / "x.html", n_boot=NB).read_text()
     assert "No ranked model." in html and "data:image/png;base64," in html
+
+
+def test_templates_ship_with_the_package_and_render_from_any_directory(tmp_path, monkeypatch):
+    """The page comes from template files: they must be package data (a wheel without them
+    renders nothing) and be found through the package, not the working directory."""
+    templates = importlib.resources.files("benchmark.report") / "templates"
+    names = sorted(f.name for f in templates.iterdir() if f.name.endswith(".j2"))
+    assert {"leaderboard.html.j2", "table.html.j2", "compare.html.j2"} <= set(names)
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    shipped = pyproject["tool"]["setuptools"]["package-data"]["benchmark"]
+    for name in names:
+        assert any(fnmatch(f"report/templates/{name}", p) for p in shipped), name
+    monkeypatch.chdir(tmp_path)
+    html = render_html(standard_cells()[:4], "out.html", n_boot=NB).read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and html.count('<table class="sortable">') >= 3
+    # the sort arrows are CSS escapes, not control characters
+    assert r'content: " \25B2"' in html
+    assert all(ch.isprintable() or ch == "\n" for ch in html)
+
+
+def test_one_gradient_rule_with_a_fallback_for_old_files():
+    """`gradient_free` recorded by the runner decides; files written before it was recorded
+    fall back to the family, a BPDA surrogate and the known gradient-free presets."""
+
+    def uses(attack: str, cfg: dict) -> bool:
+        return make_cell("m", attack, 0.0, attack_config=cfg).uses_gradient
+
+    assert not uses("square", {"name": "square", "gradient_free": True})
+    assert uses("square", {"name": "square", "gradient_free": False})  # recorded value wins
+    assert not uses("square", {"name": "square"})
+    assert not uses("sq@other", {"name": "square"})
+    assert not uses("q", {"name": "q", "family": "query"})
+    assert not uses("bp", {"name": "bp", "params": {"bpda": True}})
+    assert uses("pgd", {"name": "pgd", "family": "gradient"})
 
 
 def test_terminal_table_lists_every_model():

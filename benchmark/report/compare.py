@@ -11,13 +11,14 @@ only by gradient attacks.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmark.paths import atomic_write
+from benchmark.report import jinja
 from benchmark.report.sanity import failing_iterations
 from benchmark.report.scores import paired_difference, summarize_cell
 from benchmark.store.cell import CellResult
@@ -111,20 +112,21 @@ def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[st
             f"only {n} images per cell: intervals are wide, the evidence is weak (use more, e.g. --limit 200)"
         )
     if any(c.gradient == "none" for c in defense_cells):
-        free = [c for c in defense_cells if c.attack_config.get("gradient_free")]
+        free = [c for c in defense_cells if not c.uses_gradient]
         if not free:
             out.append(
                 "the defense has no usable input gradient and only gradient attacks ran: it is "
                 "untested, not robust (add a gradient-free attack such as square, or a BPDA surrogate)"
             )
+    gradient_free = {c.key.attack for c in defense_cells if not c.uses_gradient}
     for eps_dir in {(r.eps_label, r.direction) for r in report.rows}:
         rows = [
             r
             for r in report.rows
             if (r.eps_label, r.direction) == eps_dir and r.defense_status == "done"
         ]
-        grad = [r.defense_gain for r in rows if r.attack not in _gradient_free_names(defense_cells)]
-        free = [r.defense_gain for r in rows if r.attack in _gradient_free_names(defense_cells)]
+        grad = [r.defense_gain for r in rows if r.attack not in gradient_free]
+        free = [r.defense_gain for r in rows if r.attack in gradient_free]
         if grad and free and max(free) > 1.5 * max(max(grad), 0) + 0.005:
             out.append(
                 f"at {eps_dir[0]} a gradient-free attack gains {max(free):.3f} but gradient attacks "
@@ -134,12 +136,9 @@ def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[st
     return sorted(out)
 
 
-def _gradient_free_names(cells: list[CellResult]) -> set[str]:
-    return {c.key.attack for c in cells if c.attack_config.get("gradient_free")}
-
-
 def leaderboard_positions(cells: list[CellResult], model: str) -> list[str]:
-    from benchmark.report.leaderboard import build_tables, threat_label
+    from benchmark.report.formatting import threat_label
+    from benchmark.report.tables import build_tables
 
     tables = build_tables(cells, n_boot=200)
     out = []
@@ -176,39 +175,8 @@ def terminal_report(r: CompareReport) -> str:
     return "\n".join(lines)
 
 
-_HTML = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ r.defense }} vs {{ r.baseline }}</title>
-<style>body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px}
-table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:3px 8px}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.warn{color:#a40}</style></head><body>
-<h1>Defense {{ r.defense }} vs baseline {{ r.baseline }}</h1>
-<h2>Clean correlation with MOS</h2>
-<table><tr><th>Model</th><th>SROCC [95% CI]</th><th>PLCC (logistic)</th></tr>
-{% for m, c in r.clean.items() %}<tr><td>{{ m }}</td><td class="n">{{ fmt(c.srocc, 3) }} [{{ fmt(c.srocc_low, 3) }}, {{ fmt(c.srocc_high, 3) }}]</td><td class="n">{{ fmt(c.plcc, 3) }}</td></tr>
-{% endfor %}</table>
-<h2>Absolute gain per attack (lower is more robust)</h2>
-<p>Difference = defense - baseline, paired over the same images; 95% bootstrap interval and two-sided bootstrap p-value.</p>
-<table><tr><th>Attack</th><th>eps</th><th>Direction</th><th>Defense gain [CI]</th><th>Baseline gain [CI]</th><th>Difference [CI]</th><th>p</th><th>Images</th></tr>
-{% for x in r.rows %}<tr><td>{{ x.attack }}</td><td>{{ x.eps_label }}</td><td>{{ x.direction }}</td>
-<td class="n">{{ fmt(x.defense_gain) }} [{{ fmt(x.defense_ci[0]) }}, {{ fmt(x.defense_ci[1]) }}]{% if x.defense_status != "done" %} ({{ x.defense_status }}){% endif %}</td>
-<td class="n">{{ fmt(x.baseline_gain) }} [{{ fmt(x.baseline_ci[0]) }}, {{ fmt(x.baseline_ci[1]) }}]</td>
-<td class="n">{{ fmt(x.diff) }} [{{ fmt(x.diff_ci[0]) }}, {{ fmt(x.diff_ci[1]) }}]</td><td class="n">{{ fmt(x.p_value, 3) }}</td><td class="n">{{ x.n_pairs }}</td></tr>
-{% endfor %}</table>
-<h2>Leaderboard position</h2>
-{% if r.positions %}<ul>{% for p in r.positions %}<li>{{ p }}</li>{% endfor %}</ul>{% else %}<p>No leaderboard results given (--leaderboard FILE.h5).</p>{% endif %}
-<h2>Warnings</h2>
-{% if r.warnings %}<ul>{% for w in r.warnings %}<li class="warn">{{ w }}</li>{% endfor %}</ul>{% else %}<p>None.</p>{% endif %}
-</body></html>
-"""
-
-
 def write_html(report: CompareReport, path: Path) -> Path:
-    import jinja2
-
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    page = env.from_string(_HTML).render(r=report, fmt=_fmt)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    """The report as one page (templates/compare.html.j2), written atomically."""
+    page = jinja.render("compare.html.j2", r=report, fmt=_fmt)
+    atomic_write(path, lambda tmp: tmp.write_text(page, encoding="utf-8"))
     return path

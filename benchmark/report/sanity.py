@@ -22,7 +22,7 @@ def _group(cell: CellResult) -> CellGroup:
 def _steps(cell: CellResult) -> int | None:
     """Steps of a signed-gradient attack (1 for a one-step one); None for other families."""
     cfg = cell.attack_config
-    if cfg.get("family") != "gradient" or cfg.get("trainable") or cfg.get("gradient_free"):
+    if cfg.get("family") != "gradient" or cfg.get("trainable") or not cell.uses_gradient:
         return None
     return int((cfg.get("params") or {}).get("steps", 1))
 

@@ -13,6 +13,9 @@ Status = Literal["done", "not_applicable", "failed"]
 
 # Per-image arrays of a cell, in this order on disk.
 PER_IMAGE_FIELDS = ("mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
+# Attack presets that need no input gradient, for cells stored before the runner recorded
+# `gradient_free` (from AttackInfo) in the attack config.
+KNOWN_GRADIENT_FREE = frozenset({"square"})
 
 
 @dataclass(frozen=True, order=True)
@@ -65,3 +68,16 @@ class CellResult:
 
     def __len__(self) -> int:
         return int(self.image_id.shape[0])
+
+    @property
+    def uses_gradient(self) -> bool:
+        """Whether the attack needs the model's input gradient: the one rule the leaderboard,
+        `compare` and the attack sanity checks share. The recorded `gradient_free` decides;
+        older files without it fall back to the family, a BPDA surrogate, or the preset name."""
+        cfg = self.attack_config
+        if "gradient_free" in cfg:
+            return not bool(cfg["gradient_free"])
+        params = cfg.get("params") or {}
+        if cfg.get("family") == "query" or cfg.get("bpda") or params.get("bpda"):
+            return False
+        return not ({str(cfg.get("name", "")), self.key.attack} & KNOWN_GRADIENT_FREE)

@@ -1,0 +1,226 @@
+"""The ranking rules: per-cell scores -> one row per model, dataset, threat model and direction.
+
+Data flow: `CellResult`s -> `summarize_cells` (one row of scores per cell) -> `build_tables`
+(one row per model, dataset, threat model (norm, eps) and direction, ranked by the worst
+attack) -> the HTML page, the exports and the terminal table. Later views read the same two
+frames (`LeaderboardTables.cells` keeps every per-cell score), not new computations.
+
+Ranking rules (docs/architecture.md, "The gradient check" and "The leaderboard"):
+- within one (dataset, norm, eps, direction) the worst attack of a model is the one with the
+  largest inflation in the attack's direction (largest gain for "up", most negative gain for
+  "down"); models are ranked by that worst-case absolute gain, lower is better;
+- only cells that really ran count. A model without input gradient is never ranked on
+  gradient attacks (a zero gain there means "could not attack", not "robust"): with no
+  gradient-free attack it goes to the "not ranked" table with its clean correlations;
+- failed cells are listed with their reason; a model with some failed attacks is ranked on
+  the rest and flagged as incomplete;
+- where an iterative signed-gradient attack finds significantly less than one FGSM step
+  (`sanity.failing_iterations`), the ranked gain is noted as a lower bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benchmark.errors import StoreError
+from benchmark.report.sanity import CellGroup, failing_iterations
+from benchmark.report.scores import summarize_cell
+from benchmark.store.cell import CellResult
+
+GROUP_KEYS = ["dataset", "norm", "eps", "direction"]
+FAILING_ITERATIONS_NOTE = (
+    "iterative attacks found less than one FGSM step (iterations failing: stochastic or "
+    "obfuscated gradients): the gain is a lower bound"
+)
+NO_GRADIENT_REASON = "no input gradient; gradient attacks not applicable"
+
+
+def _outcome(cell: CellResult, summary: Mapping[str, Any]) -> tuple[str, str]:
+    """("counted" | "not_applicable" | "failed", why) for one cell."""
+    if cell.status == "failed":
+        return "failed", cell.reason or "failed (no reason recorded)"
+    if cell.status == "not_applicable":
+        return "not_applicable", cell.reason or "not applicable"
+    if cell.gradient == "none" and cell.uses_gradient:
+        return "not_applicable", "gradient attack on a model without input gradient"
+    if not np.isfinite(summary["abs_gain"]):
+        return "failed", summary["notes"] or "no finite gain"
+    return "counted", ""
+
+
+def summarize_cells(cells: Iterable[CellResult], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row of scores per cell (see `scores.summarize_cell`) plus its ranking outcome."""
+    rows = []
+    seen: set[Any] = set()
+    for cell in cells:
+        if cell.key in seen:
+            raise StoreError(f"duplicate cell in results: {cell.key}")
+        seen.add(cell.key)
+        summary = summarize_cell(cell, n_boot=n_boot, seed=seed)
+        summary["outcome"], summary["outcome_reason"] = _outcome(cell, summary)
+        summary["uses_gradient"] = cell.uses_gradient
+        summary["effect"] = summary["abs_gain"] * (-1.0 if cell.key.direction == "down" else 1.0)
+        rows.append(summary)
+    frame = pd.DataFrame(rows)
+    if not rows:
+        return frame
+    return frame.sort_values(GROUP_KEYS + ["model", "attack"], kind="stable").reset_index(drop=True)
+
+
+_CLEAN_COLS = [
+    f"{m}_clean{s}" for m in ("srocc", "plcc", "plcc_logistic") for s in ("", "_low", "_high")
+] + ["krocc_clean", "n_mos_clean"]
+_WORST_COLS = {
+    "attack": "worst_attack",
+    "abs_gain": "abs_gain",
+    "abs_gain_low": "abs_gain_low",
+    "abs_gain_high": "abs_gain_high",
+    "rel_gain": "rel_gain",
+    "robustness": "robustness",
+    "wasserstein": "wasserstein",
+    "srocc_attacked": "srocc_attacked",
+    "plcc_logistic_attacked": "plcc_logistic_attacked",
+    "n_pairs": "n_images",
+    "certified_gain": "certified_gain",
+    "effect": "effect",
+}
+
+
+def _model_rows(
+    cells: pd.DataFrame, failing: Mapping[CellGroup, list[str]] = MappingProxyType({})
+) -> pd.DataFrame:
+    """Aggregate per-cell rows into one row per (dataset, norm, eps, direction, model).
+
+    `failing`: groups whose iterative attacks found less than one FGSM step
+    (`sanity.failing_iterations`); their gain is noted as a lower bound.
+    """
+    # Clean correlations are a property of (model, dataset): take the cell with most MOS pairs.
+    best_clean = (
+        cells.sort_values(["n_mos_clean"], ascending=False, kind="stable")
+        .drop_duplicates(["model", "dataset"])
+        .set_index(["model", "dataset"])
+    )
+    rows = []
+    for key, group in cells.groupby(GROUP_KEYS + ["model"], sort=True, dropna=False):
+        dataset, norm, eps, direction, model = key
+        first = group.iloc[0]
+        counted = group[group["outcome"] == "counted"]
+        n_na = int((group["outcome"] == "not_applicable").sum())
+        n_failed = int((group["outcome"] == "failed").sum())
+        gradient = "none" if (group["gradient"] == "none").any() else "ok"
+        row: dict[str, Any] = {
+            "dataset": dataset,
+            "norm": norm,
+            "eps": eps,
+            "eps_label": first["eps_label"],
+            "direction": direction,
+            "model": model,
+            "source": first["source"],
+            "kind": first["kind"],
+            "gradient": gradient,
+            "params": first["params"],
+            "n_attacks_run": len(counted),
+            "n_not_applicable": n_na,
+            "n_failed": n_failed,
+            "attacks": ", ".join(sorted(group["attack"].astype(str))),
+        }
+        clean = best_clean.loc[(model, dataset)]
+        row.update({c: clean[c] for c in _CLEAN_COLS})
+        notes = [f"attacker: {first['adaptive']}"] if first.get("adaptive") else []
+        if len(counted):
+            worst = counted.sort_values(
+                ["effect", "attack"], ascending=[False, True], kind="stable"
+            ).iloc[0]
+            row.update({dst: worst[src] for src, dst in _WORST_COLS.items()})
+            row["ranked"] = True
+            row["reason"] = ""
+            if gradient == "none":
+                notes.append("ranked on gradient-free attacks only")
+            if n_failed:
+                notes.append(f"{n_failed} attack(s) failed: worst case over the rest")
+            if (model, dataset, norm, eps, direction) in failing:
+                notes.append(FAILING_ITERATIONS_NOTE)
+        else:
+            row.update({dst: np.nan for dst in _WORST_COLS.values()})
+            row["worst_attack"] = ""
+            row["n_images"] = int(group["n_images"].max())
+            row["ranked"] = False
+            if gradient == "none" and n_na:
+                reason = NO_GRADIENT_REASON
+            elif n_na:
+                reasons = sorted(
+                    set(group.loc[group["outcome"] == "not_applicable", "outcome_reason"])
+                )
+                reason = "not applicable: " + "; ".join(reasons)
+            else:
+                reason = "all attacks failed"
+            if n_failed and n_na:
+                reason += f"; {n_failed} attack(s) failed"
+            row["reason"] = reason
+        row["note"] = "; ".join(notes)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["rank"] = pd.array([pd.NA] * len(frame), dtype="Int64")
+    ranked = frame["ranked"].astype(bool)
+    if ranked.any():
+        ranks = frame[ranked].groupby(GROUP_KEYS, sort=False)["effect"].rank(method="min")
+        frame.loc[ranked, "rank"] = ranks.astype("int64").to_numpy()
+    return frame
+
+
+@dataclass
+class LeaderboardTables:
+    """`rows`: one row per (dataset, norm, eps, direction, model); `cells`: one per cell."""
+
+    rows: pd.DataFrame
+    cells: pd.DataFrame
+    n_boot: int = 1000
+    seed: int = 0
+
+    @property
+    def ranked(self) -> pd.DataFrame:
+        """Ranked rows, ordered by threat model then rank (best first)."""
+        if self.rows.empty:
+            return self.rows
+        r = self.rows[self.rows["ranked"].astype(bool)]
+        return r.sort_values(GROUP_KEYS + ["rank", "model"], kind="stable").reset_index(drop=True)
+
+    @property
+    def not_ranked(self) -> pd.DataFrame:
+        """Rows with no counted attack (no input gradient, nothing applicable, all failed)."""
+        if self.rows.empty:
+            return self.rows
+        r = self.rows[~self.rows["ranked"].astype(bool)]
+        return r.sort_values(GROUP_KEYS + ["model"], kind="stable").reset_index(drop=True)
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        """Failed cells (including cells that ran but produced no finite score)."""
+        if self.cells.empty:
+            return self.cells
+        return self.cells[self.cells["outcome"] == "failed"].reset_index(drop=True)
+
+    def threat_groups(self) -> list[tuple[tuple[Any, ...], pd.DataFrame]]:
+        """[((dataset, norm, eps, direction), ranked rows of that group)], sorted."""
+        ranked = self.ranked
+        if ranked.empty:
+            return []
+        return [
+            (tuple(k), g.reset_index(drop=True)) for k, g in ranked.groupby(GROUP_KEYS, sort=True)
+        ]
+
+
+def build_tables(
+    cells: Sequence[CellResult], n_boot: int = 1000, seed: int = 0
+) -> LeaderboardTables:
+    """Score every cell and aggregate into ranking rows (see the module docstring for rules)."""
+    per_cell = summarize_cells(cells, n_boot=n_boot, seed=seed)
+    failing = failing_iterations(cells)
+    rows = _model_rows(per_cell, failing) if len(per_cell) else pd.DataFrame()
+    return LeaderboardTables(rows=rows, cells=per_cell, n_boot=n_boot, seed=seed)
