@@ -50,21 +50,23 @@ class BlockSpec:
     family: str | None = None
     direction: str = "up"
     evaluations: tuple[str, ...] = ()
+    heading: str = "####"
 
     @classmethod
     def parse(cls, attrs: str) -> BlockSpec:
         values = dict(ATTR.findall(attrs))
-        unknown = set(values) - {"results", "family", "direction", "eval"}
+        unknown = set(values) - {"results", "family", "direction", "eval", "heading"}
         if unknown or "results" not in values:
             raise ConfigError(
                 f"evidence block <!-- evidence {attrs} -->: needs results=..., "
-                f"knows family/direction/eval, got {sorted(values)}"
+                f"knows family/direction/eval/heading, got {sorted(values)}"
             )
         return cls(
             results=tuple(shlex.split(values["results"])),
             family=values.get("family") or None,
             direction=values.get("direction", "up"),
             evaluations=tuple(shlex.split(values.get("eval", ""))),
+            heading=values.get("heading", "####"),
         )
 
 
@@ -176,7 +178,7 @@ def render_block(spec: BlockSpec, root: Path, n_boot: int = 1000) -> str:
     for (norm, eps_label), group in rows.groupby(["norm", "eps_label"], sort=True):
         n = int(group["n_images"].max())
         out += [
-            f"#### {norm} eps {eps_label} ({n} images, direction {spec.direction})",
+            f"{spec.heading} {norm} eps {eps_label} ({n} images, direction {spec.direction})",
             "",
             "Test SROCC/PLCC: the whole builtin test split (628 images, pseudo-MOS).",
             "",
@@ -207,7 +209,7 @@ def render_block(spec: BlockSpec, root: Path, n_boot: int = 1000) -> str:
     for (norm, eps_label), group in cells.groupby(["norm", "eps_label"], sort=True):
         mat = group.pivot_table(index="model", columns="attack", values="abs_gain", aggfunc="first")
         mat = mat.reindex([m for m in order if m in mat.index])
-        out += [f"#### absolute gain per attack, {norm} eps {eps_label}", ""]
+        out += [f"{spec.heading} absolute gain per attack, {norm} eps {eps_label}", ""]
         out.append("| model | " + " | ".join(mat.columns) + " |")
         out.append("|---|" + "---|" * len(mat.columns))
         out += [
