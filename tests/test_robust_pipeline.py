@@ -97,6 +97,75 @@ def test_card_bound_is_certified_and_never_below_the_empirical_estimate(robust_r
     assert empirical_lipschitz(net, shape, n=6, seed=3) <= cert["lipschitz"] * (1 + 1e-5)
 
 
+# What every zoo card carries, whichever command wrote it (`benchmark.train.card`).
+COMMON_FIELDS = (
+    "name", "source", "arch", "kind", "lower_better", "score_range", "checkpoint",
+    "description", "arch_params", "training", "evaluation",
+)  # fmt: skip
+COMMON_TRAINING = (
+    "command", "dataset", "train_split", "val_split", "test_split", "seed", "crop",
+    "patches_per_image", "batch_size", "parameters", "checkpoint_dtype", "minutes",
+    "cpu_minutes", "device", "threads", "versions",
+)  # fmt: skip
+
+
+def test_train_defense_and_robustify_write_one_card_schema(
+    robust_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three training paths write through one card writer: each card passes the zoo
+    loader's checks and has the common fields, with the same types, in the same order."""
+    from benchmark.cards import MODEL_DIRS_ENV
+    from benchmark.models.registry import model_registry
+    from benchmark.train.finetune import DefenseConfig, run_defense_training
+
+    _, robust_path, open_split = robust_run
+    zoo = robust_path.parent.parent  # holds `base` (train) and `robust-base` (robustify)
+    monkeypatch.setenv(MODEL_DIRS_ENV, str(zoo))
+    model_registry.cache_clear()
+    try:
+        cfg = TrainConfig(
+            arch="cnniqa",
+            arch_params=SMALL_CNNIQA,
+            out=str(tmp_path / "nt-base"),
+            crop=32,
+            patches=2,
+            batch_size=16,
+            epochs=1,
+            progress=False,
+        )
+        run_defense_training(DefenseConfig("nt", "base"), cfg, open_split, max_steps=2)
+    finally:
+        model_registry.cache_clear()
+    paths = {
+        "zoo": zoo / "base" / "card.toml",
+        "defense": tmp_path / "nt-base" / "card.toml",
+        "robustblock": robust_path,
+    }
+    shapes = {}
+    for source, path in paths.items():
+        card = read_model_card(path)
+        assert card["source"] == source
+        assert set(COMMON_FIELDS) <= set(card), sorted(set(COMMON_FIELDS) - set(card))
+        assert set(COMMON_TRAINING) <= set(card["training"]), source
+        top = [k for k in card if k in COMMON_FIELDS]
+        training = [k for k in card["training"] if k in COMMON_TRAINING]
+        types = {k: type(card[k]) for k in COMMON_FIELDS}
+        types |= {f"training.{k}": type(card["training"][k]) for k in COMMON_TRAINING}
+        shapes[source] = (top, training, types)
+    assert shapes["zoo"] == shapes["defense"] == shapes["robustblock"]
+
+
+def test_card_writer_refuses_a_card_the_zoo_loader_would_reject(tmp_path: Path) -> None:
+    from benchmark.errors import ConfigError
+    from benchmark.train.card import write_card
+
+    card = {"name": "x", "source": "zoo", "arch": "cnniqa", "kind": "NR"}
+    card |= {"lower_better": False, "checkpoint": "model.safetensors", "robustness": {}}
+    with pytest.raises(ConfigError, match="unknown key.*robustness"):
+        write_card(tmp_path, card)
+    assert list(tmp_path.iterdir()) == []  # checked before anything is written
+
+
 def test_convert_keeps_the_patch_wrapper_and_converts_its_core() -> None:
     torch.manual_seed(0)
     net = build_arch("cnniqa", **SMALL_CNNIQA)

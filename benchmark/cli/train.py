@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmark.budget import parse_budget
 from benchmark.errors import ConfigError
+from benchmark.train.config import DEFAULT_RECIPE, RECIPES, TrainConfig
 from benchmark.train.finetune import (
     DEFAULT_AT_STEPS,
     DEFAULT_EPOCHS,
@@ -19,7 +20,6 @@ from benchmark.train.finetune import (
     DefenseConfig,
     zoo_base_card,
 )
-from benchmark.train.loop import DEFAULT_RECIPE, RECIPES, TrainConfig
 
 
 def _json_value(text: str) -> Any:
@@ -143,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "defense", None):
         return run_defense(args)
     cfg = config_from_args(args)
-    from benchmark.train.loop import SROCC_BAR, run_training
+    from benchmark.train.card import SROCC_BAR
+    from benchmark.train.loop import run_training
 
     card = run_training(cfg)
     ev = card["evaluation"]

@@ -45,11 +45,15 @@ from torch import nn
 
 from benchmark.budget import budget_label, parse_budget
 from benchmark.errors import ConfigError, NonFiniteScore, UnknownNameError
-from benchmark.train.loop import (
-    TrainConfig,
-    TrainResult,
-    build_card,
+from benchmark.train.card import (
+    bar_evaluation,
     command_line,
+    model_card,
+    training_table,
+    write_card,
+)
+from benchmark.train.config import TrainConfig, TrainResult
+from benchmark.train.loop import (
     l1_objective,
     open_splits,
     predict,
@@ -436,8 +440,8 @@ def defense_card(
     objective: AdversarialObjective | GradientNormObjective,
     params: int,
 ) -> dict[str, Any]:
-    """The zoo card of the run (`build_card`), made a defense card of `base`."""
-    card = build_card(cfg, result, report, params)
+    """The zoo card of the run, made a defense card of `base`: the base's orientation and
+    range, a [defense] table, and the loss, init and base checkpoint in [training]."""
     defense = dcfg.table()
     if isinstance(objective, AdversarialObjective):
         defense["max_linf_used"] = objective.max_linf
@@ -452,11 +456,17 @@ def defense_card(
     base_ckpt = base["_path"].parent / base["checkpoint"]
     defense["base_test_srocc"] = base.get("evaluation", {}).get("srocc")
     defense = {k: v for k, v in defense.items() if v is not None}
-    training = card["training"]
-    training["command"] = command_line(cfg, head=dcfg.cli_args())
-    training["loss"] = loss
-    training["init"] = f"zoo:{dcfg.base}"
-    training["base_checkpoint_sha256"] = file_sha256(base_ckpt)
+    training = training_table(
+        cfg,
+        command_line(cfg, head=dcfg.cli_args()),
+        params,
+        result.minutes,
+        result.cpu_minutes,
+        result,
+        loss=loss,
+        init=f"zoo:{dcfg.base}",
+        base_checkpoint_sha256=file_sha256(base_ckpt),
+    )
     description = (
         f"{METHODS[dcfg.method]} ({dcfg.method.upper()}) fine-tuning of {dcfg.base} "
         f"({base['arch']}) on {cfg.dataset}/{cfg.train_split}"
@@ -465,21 +475,18 @@ def defense_card(
         description += f", {dcfg.at_attack} at eps {budget_label(dcfg.at_eps)}"
     else:
         description += f", weight {dcfg.nt_weight:g}"
-    return {
-        "name": card["name"],
-        "source": "defense",
-        "base": dcfg.base,
-        "arch": base["arch"],
-        "kind": base["kind"],
-        "lower_better": base["lower_better"],
-        **({"score_range": base["score_range"]} if "score_range" in base else {}),
-        "checkpoint": card["checkpoint"],
-        "description": description,
-        "arch_params": cfg.arch_params,
-        "defense": defense,
-        "training": training,
-        "evaluation": card["evaluation"],
-    }
+    return model_card(
+        cfg,
+        source="defense",
+        base=dcfg.base,
+        kind=base["kind"],
+        lower_better=base["lower_better"],
+        score_range=base.get("score_range"),
+        description=description,
+        sections={"defense": defense},
+        training=training,
+        evaluation=bar_evaluation(report),
+    )
 
 
 def run_defense_training(
@@ -493,13 +500,18 @@ def run_defense_training(
     `open_split(split)` opens the data (default: `cfg.dataset`); `max_steps` cuts the run
     short (tests).
     """
-    from benchmark.cards import write_toml
     from benchmark.models.base import count_parameters
     from benchmark.models.zoo import build_network
 
     dcfg.validate()
     cfg.validate()
     base = zoo_base_card(dcfg.base)
+    if (cfg.arch, cfg.arch_params) != (base["arch"], base.get("arch_params", {})):
+        raise ConfigError(
+            f"the run's architecture ({cfg.arch} {cfg.arch_params}) is not --base "
+            f"{dcfg.base}'s ({base['arch']} {base.get('arch_params', {})}): the card would "
+            "describe another network than its checkpoint"
+        )
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     net = build_network(base)
@@ -509,7 +521,7 @@ def run_defense_training(
     reloaded, report = save_and_evaluate(cfg, result.net, test_ds)
     params = count_parameters(reloaded) or 0
     card = defense_card(dcfg, cfg, base, result, report, objective, params)
-    write_toml(Path(cfg.out) / "card.toml", card)
+    write_card(cfg.out, card)
     return card
 
 

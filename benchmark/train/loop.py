@@ -15,14 +15,11 @@ split, so the numbers on the card are those of the shipped file.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import os
-import shlex
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,82 +30,11 @@ from tqdm import tqdm
 
 from benchmark.datasets.base import IQADataset
 from benchmark.errors import CheckpointError, ConfigError, DataError, NonFiniteScore
+from benchmark.paths import atomic_write
+from benchmark.train.card import CARD_NAME, write_card, zoo_card
+from benchmark.train.config import CHECKPOINT_NAME, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "model.safetensors"
-SROCC_BAR = 0.70  # every shipped zoo model (issue 4); the best one must reach 0.80
-
-# Per-architecture defaults: the recipes of the shipped zoo cards (see each card's command).
-RECIPES: dict[str, dict[str, Any]] = {
-    "cnniqa": {
-        "arch_params": {"patch": 32},
-        "crop": 32,
-        "patches": 8,
-        "batch_size": 128,
-    },
-    "wadiqam_nr": {
-        "arch_params": {"train_patch_num": 4},
-        "crop": 0,
-        "patches": 1,
-        "batch_size": 32,
-        "lr": 3e-4,
-    },
-    "resnet_small": {
-        "arch_params": {"mscn": True, "patch": 64},
-        "crop": 64,
-        "patches": 4,
-        "batch_size": 64,
-    },
-}
-DEFAULT_RECIPE: dict[str, Any] = {"arch_params": {}, "crop": 0, "patches": 1, "batch_size": 16}
-
-
-@dataclass
-class TrainConfig:
-    arch: str
-    out: str
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    name: str | None = None
-    dataset: str = "builtin"
-    data_root: str | None = None
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: str = "test"
-    epochs: int = 30
-    crop: int = 32  # training patch side; 0 = whole images
-    patches: int = 8  # random patches per image per epoch
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    patience: int = 6  # epochs without a better val SROCC before stopping
-    seed: int = 0
-    device: str = "cpu"
-    threads: int | None = None
-    init: str | None = None
-    save_dtype: str = "float32"
-    eval_batch: int = 32
-    progress: bool = True
-
-    def validate(self) -> None:
-        for key in ("epochs", "patches", "batch_size", "eval_batch"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1")
-        if self.crop < 0:
-            raise ConfigError("--crop must be >= 0 (0 = whole images)")
-        if self.patience < 1:
-            raise ConfigError("--patience must be at least 1")
-        if not self.lr > 0:
-            raise ConfigError("--lr must be positive")
-        if self.save_dtype not in ("float32", "float16"):
-            raise ConfigError("--save-dtype must be float32 or float16")
-        if self.init is not None and not self.init.startswith("pyiqa:"):
-            raise ConfigError(f"--init must look like pyiqa:<metric>, got {self.init!r}")
-
-    @property
-    def model_name(self) -> str:
-        return self.name or Path(self.out).name
-
 
 # ---------------------------------------------------------------------------------------
 # data
@@ -240,38 +166,26 @@ def save_checkpoint(net: nn.Module, path: Path, dtype: str = "float32") -> None:
         if dtype == "float16" and v.is_floating_point():
             v = v.half()
         state[k] = v.contiguous().clone()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.chmod(tmp, 0o644)  # safetensors creates the file 0600; a shipped model is world-readable
-    os.replace(tmp, path)
+    # atomic_write leaves the file 0644: a shipped model is world-readable
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
-def reload_checkpoint(arch: str, arch_params: dict[str, Any], path: Path) -> nn.Module:
-    """Build the architecture and load `path` strictly, as the zoo loader does."""
-    from benchmark.models.archs import build_arch
-    from benchmark.models.zoo import load_into, load_state
+def reload_checkpoint(
+    arch: str, arch_params: dict[str, Any], path: Path, robust: bool = False
+) -> nn.Module:
+    """`path` loaded by the zoo loader itself (`models.zoo.build_network`), so a card's
+    numbers are those of the network `create_model` gives; `robust`: a RobustBlock card,
+    whose pruned widths come from the checkpoint."""
+    from benchmark.models.zoo import build_network
 
-    net = build_arch(arch, **arch_params)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_state(path).items()}
-    load_into(net, state, path)
-    return net.eval()
+    card: dict[str, Any] = {"arch": arch, "arch_params": arch_params, "checkpoint": path.name}
+    if robust:
+        card["robust"] = {}
+    return build_network({**card, "_path": path.parent / CARD_NAME})
 
 
 # ---------------------------------------------------------------------------------------
 # training
-
-
-@dataclass
-class TrainResult:
-    net: nn.Module
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_srocc: float
-    epochs_run: int
-    minutes: float  # wall clock, training loop only
-    cpu_minutes: float  # CPU time of this process (all threads): comparable on a busy machine
-    losses: list[float]  # per-step training loss
 
 
 def _val_srocc(net: nn.Module, val: InMemory, cfg: TrainConfig) -> float:
@@ -401,99 +315,6 @@ def train_model(
 # the command
 
 
-def command_line(cfg: TrainConfig, head: list[str] | None = None) -> str:
-    """The canonical command that reproduces this run (recorded on the card).
-
-    `head` replaces `--arch A --arch-param ...`: a defense fine-tuning run names its base
-    model instead, whose card fixes the architecture (`benchmark.train.finetune`).
-    """
-    parts = ["python", "-m", "benchmark", "train", *(head or ["--arch", cfg.arch])]
-    parts += ["--dataset", cfg.dataset]
-    if head is None:
-        for key, value in sorted(cfg.arch_params.items()):
-            parts += ["--arch-param", f"{key}={json.dumps(value)}"]
-    parts += ["--epochs", str(cfg.epochs), "--crop", str(cfg.crop), "--patches", str(cfg.patches)]
-    parts += [
-        "--batch-size",
-        str(cfg.batch_size),
-        "--lr",
-        f"{cfg.lr:g}",
-        "--patience",
-        str(cfg.patience),
-    ]
-    if cfg.weight_decay:
-        parts += ["--weight-decay", f"{cfg.weight_decay:g}"]
-    parts += ["--seed", str(cfg.seed), "--device", cfg.device]
-    if cfg.threads:
-        parts += ["--threads", str(cfg.threads)]
-    if cfg.init:
-        parts += ["--init", cfg.init]
-    if cfg.save_dtype != "float32":
-        parts += ["--save-dtype", cfg.save_dtype]
-    if cfg.name and cfg.name != Path(cfg.out).name:
-        parts += ["--name", cfg.name]
-    parts += ["-o", cfg.out]
-    return shlex.join(parts)
-
-
-def build_card(
-    cfg: TrainConfig, result: TrainResult, report: dict[str, Any], params: int
-) -> dict[str, Any]:
-    srocc = report["srocc"]
-    meets = bool(srocc >= SROCC_BAR)
-    evaluation = {**report, "bar_srocc": SROCC_BAR, "meets_bar": meets}
-    description = f"{cfg.arch} trained from {'pyiqa:' + cfg.init if cfg.init else 'scratch'} on {cfg.dataset}/{cfg.train_split}"
-    if not meets:
-        description += (
-            f"; FALLS SHORT of the SROCC bar {SROCC_BAR} on {cfg.dataset}/{cfg.test_split}"
-        )
-    import benchmark.provenance as prov
-
-    return {
-        "name": cfg.model_name,
-        "source": "zoo",
-        "arch": cfg.arch,
-        "kind": "NR",
-        "lower_better": False,
-        "score_range": [0.0, 1.0],
-        "checkpoint": CHECKPOINT_NAME,
-        "description": description,
-        "arch_params": cfg.arch_params,
-        "training": {
-            "command": command_line(cfg),
-            "dataset": cfg.dataset,
-            "train_split": cfg.train_split,
-            "val_split": cfg.val_split,
-            "test_split": cfg.test_split,
-            "seed": cfg.seed,
-            "epochs": cfg.epochs,
-            "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch,
-            "best_val_srocc": round(result.best_val_srocc, 4),
-            "crop": cfg.crop,
-            "patches_per_image": cfg.patches,
-            "batch_size": cfg.batch_size,
-            "loss": "L1",
-            "optimizer": f"Adam lr {cfg.lr:g} weight_decay {cfg.weight_decay:g}, cosine to 1%",
-            "augmentation": "random patches, horizontal and vertical flips",
-            "early_stopping": f"best val SROCC, patience {cfg.patience}",
-            "init": cfg.init or "random",
-            "parameters": params,
-            "checkpoint_dtype": cfg.save_dtype,
-            "minutes": round(result.minutes, 2),
-            "cpu_minutes": round(result.cpu_minutes, 2),
-            "device": cfg.device,
-            "threads": torch.get_num_threads(),
-            "versions": prov.package_versions(),
-            "history": [
-                {k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
-                for h in result.history
-            ],
-        },
-        "evaluation": evaluation,
-    }
-
-
 def open_splits(
     cfg: TrainConfig, open_split: Callable[[str], IQADataset] | None = None
 ) -> tuple[InMemory, InMemory, IQADataset]:
@@ -516,17 +337,18 @@ def open_splits(
 
 
 def save_and_evaluate(
-    cfg: TrainConfig, net: nn.Module, test_ds: IQADataset
+    cfg: TrainConfig, net: nn.Module, test_ds: IQADataset, robust: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Write the checkpoint, reload it, and evaluate the *reloaded* network on `test_ds`.
 
     Returns (reloaded network, report): the numbers a card states are those of its file.
+    `robust`: the network is a RobustBlock conversion of `cfg.arch` (`reload_checkpoint`).
     """
     from benchmark.report.evaluation import evaluate_model
 
     ckpt = Path(cfg.out) / CHECKPOINT_NAME
     save_checkpoint(net, ckpt, cfg.save_dtype)
-    reloaded = reload_checkpoint(cfg.arch, cfg.arch_params, ckpt).to(cfg.device)
+    reloaded = reload_checkpoint(cfg.arch, cfg.arch_params, ckpt, robust).to(cfg.device)
     report = evaluate_model(
         reloaded, test_ds, batch_size=cfg.eval_batch, device=cfg.device, progress=cfg.progress
     )
@@ -540,7 +362,6 @@ def run_training(
 
     `open_split(split)` opens the data (default: the registered dataset `cfg.dataset`).
     """
-    from benchmark.cards import write_toml
     from benchmark.models.base import count_parameters
 
     cfg.validate()
@@ -549,9 +370,16 @@ def run_training(
     train, val, test_ds = open_splits(cfg, open_split)
     result = train_model(cfg, train, val)
     net, report = save_and_evaluate(cfg, result.net, test_ds)
-    card = build_card(cfg, result, report, count_parameters(net) or 0)
-    write_toml(Path(cfg.out) / "card.toml", card)
+    card = zoo_card(cfg, result, report, count_parameters(net) or 0)
+    write_card(cfg.out, card)
     return card
 
 
-__all__ = ["TrainConfig", "run_training", "train_model"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "TrainConfig",
+    "TrainResult",
+    "run_training",
+    "save_and_evaluate",
+    "train_model",
+]

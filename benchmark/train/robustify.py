@@ -26,8 +26,12 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
+from benchmark.models.base import count_parameters
 from benchmark.models.robust_net import convert_network, core_parent, layer_widths
 from benchmark.robust.prune import prune
+from benchmark.train.card import SCORE_RANGE, model_card, training_table, write_card
+from benchmark.train.config import TrainConfig
+from benchmark.train.loop import open_splits, save_and_evaluate, train_model
 
 if TYPE_CHECKING:
     from benchmark.datasets.base import IQADataset
@@ -53,10 +57,6 @@ def prune_input_side(net: nn.Module, crop: int, image_side: int) -> int:
     if isinstance(size, int) and 0 < 2 * size <= image_side:
         return 2 * size
     return image_side
-
-
-def n_params(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
 
 
 # ---------------------------------------------------------------------------------------
@@ -137,9 +137,9 @@ def command_line(cfg: RobustifyConfig) -> str:
     return shlex.join(parts)
 
 
-def _train_config(cfg: RobustifyConfig, base: dict[str, Any], epochs: int, lr: float):
-    from benchmark.train.loop import TrainConfig
-
+def _train_config(
+    cfg: RobustifyConfig, base: dict[str, Any], epochs: int, lr: float
+) -> TrainConfig:
     tr = base.get("training", {})
     crop = cfg.crop if cfg.crop is not None else int(tr.get("crop", 32))
     return TrainConfig(
@@ -160,6 +160,7 @@ def _train_config(cfg: RobustifyConfig, base: dict[str, Any], epochs: int, lr: f
         seed=cfg.seed,
         device=cfg.device,
         threads=cfg.threads,
+        save_dtype=cfg.save_dtype,
         progress=cfg.progress,
     )
 
@@ -192,18 +193,9 @@ def run_robustify(
     `open_split(split)` opens the data (default: the registered dataset) and `base_card` the
     base's card (default: the registered zoo model `cfg.base`).
     """
-    import benchmark.provenance as prov
-    from benchmark.cards import write_toml
-    from benchmark.datasets.registry import create_dataset
     from benchmark.models.registry import model_registry
     from benchmark.models.zoo import build_network, read_model_card
     from benchmark.report.evaluation import evaluate_model
-    from benchmark.train.loop import (
-        CHECKPOINT_NAME,
-        load_split,
-        save_checkpoint,
-        train_model,
-    )
 
     cfg.validate()
     if cfg.tau is None and cfg.prune_fraction is None:
@@ -222,15 +214,7 @@ def run_robustify(
     tune_cfg = _train_config(cfg, base, cfg.finetune_epochs, cfg.finetune_lr)
     tune_cfg.seed = cfg.seed + 1
     train_cfg.validate()
-
-    def split(name: str) -> IQADataset:
-        if open_split is not None:
-            return open_split(name)
-        return create_dataset(train_cfg.dataset, name, cfg.data_root)
-
-    test_ds = split(train_cfg.test_split)
-    train = load_split(split(train_cfg.train_split), cfg.progress)
-    val = load_split(split(train_cfg.val_split), cfg.progress)
+    train, val, test_ds = open_splits(train_cfg, open_split)
     img_shape = (1, *train.images[0].shape)
     steps: list[dict[str, Any]] = []
 
@@ -242,7 +226,7 @@ def run_robustify(
             "step": step,
             "srocc": rep["srocc"],
             "plcc": rep["plcc"],
-            "parameters": n_params(net),
+            "parameters": count_parameters(net),
             "minutes": round(minutes, 2),
             "lipschitz": bound.get("lipschitz", "unavailable"),
             **extra,
@@ -290,63 +274,42 @@ def run_robustify(
             "finetune", net, tuned.minutes, epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch
         )
 
-    out = Path(cfg.out)
-    ckpt = out / CHECKPOINT_NAME
-    save_checkpoint(net, ckpt, cfg.save_dtype)
-    card: dict[str, Any] = {
-        "name": cfg.model_name,
-        "source": "robustblock",
-        "base": cfg.base,
-        "arch": base["arch"],
-        "kind": "NR",
-        "lower_better": False,
-        "score_range": base.get("score_range", [0.0, 1.0]),
-        "checkpoint": CHECKPOINT_NAME,
-        "arch_params": dict(base.get("arch_params", {})),
-        "robust": {
-            "init_from_base": cfg.init_from_base,
-            "fully_converted": report.fully_converted,
-            "conversion": [f"{n}: {a} -> {b}" for n, a, b in report.converted],
-            "unconverted": [f"{n}: {why}" for n, why in report.unconverted],
-            "tau": cfg.tau if cfg.tau is not None else "none",
-            "prune_fraction": cfg.prune_fraction if cfg.prune_fraction is not None else "none",
-            "widths": layer_widths(net),
-        },
-        "_path": ckpt.parent / "card.toml",
-    }
-    reloaded = build_network(card).to(cfg.device)  # the numbers below are the shipped file's
-    evaluation = evaluate_model(reloaded, test_ds, device=cfg.device, seed=0)
+    reloaded, evaluation = save_and_evaluate(train_cfg, net, test_ds, robust=True)
     certified = certify(reloaded.cpu(), img_shape)
-    del card["_path"]
-    srocc = evaluation["srocc"]
-    card["description"] = (
+    robust = {
+        "init_from_base": cfg.init_from_base,
+        "fully_converted": report.fully_converted,
+        "conversion": [f"{n}: {a} -> {b}" for n, a, b in report.converted],
+        "unconverted": [f"{n}: {why}" for n, why in report.unconverted],
+        "tau": cfg.tau if cfg.tau is not None else "none",
+        "prune_fraction": cfg.prune_fraction if cfg.prune_fraction is not None else "none",
+        "widths": layer_widths(net),
+    }
+    description = (
         f"RobustBlock version of {cfg.base}: orthogonal Fourier convolutions, MaxMin, orthogonal "
         f"linear layers; trained, pruned ({steps[-2 if cfg.finetune_epochs else -1]['parameters']:,}"
         f" parameters), fine-tuned on {train_cfg.dataset}/{train_cfg.train_split}"
         + ("" if "lipschitz" in certified else "; NO certified Lipschitz bound (see certified)")
     )
-    card["steps"] = steps
-    card["training"] = {
-        "command": command_line(cfg),
-        "dataset": train_cfg.dataset,
-        "train_split": train_cfg.train_split,
-        "val_split": train_cfg.val_split,
-        "test_split": train_cfg.test_split,
-        "seed": cfg.seed,
-        "crop": train_cfg.crop,
-        "patches_per_image": train_cfg.patches,
-        "batch_size": train_cfg.batch_size,
-        "parameters": n_params(reloaded),
-        "checkpoint_dtype": cfg.save_dtype,
-        "base_parameters": steps[0]["parameters"],
-        "minutes": round((time.time() - t_all) / 60, 2),
-        "cpu_minutes": round((time.process_time() - c_all) / 60, 2),
-        "device": cfg.device,
-        "threads": torch.get_num_threads(),
-        "versions": prov.package_versions(),
-    }
-    card["evaluation"] = {**evaluation, "base_srocc": steps[0]["srocc"]}
-    card["certified"] = certified
-    write_toml(out / "card.toml", card)
-    log.info("wrote %s (test SROCC %.4f)", out / "card.toml", srocc)
+    training = training_table(
+        train_cfg,
+        command_line(cfg),
+        count_parameters(reloaded) or 0,
+        (time.time() - t_all) / 60,
+        (time.process_time() - c_all) / 60,
+        base_parameters=steps[0]["parameters"],
+    )
+    card = model_card(
+        train_cfg,
+        source="robustblock",
+        base=cfg.base,
+        score_range=base.get("score_range", SCORE_RANGE),
+        description=description,
+        sections={"robust": robust, "steps": steps},
+        training=training,
+        evaluation={**evaluation, "base_srocc": steps[0]["srocc"]},
+        certified=certified,
+    )
+    path = write_card(cfg.out, card)
+    log.info("wrote %s (test SROCC %.4f)", path, evaluation["srocc"])
     return card
