@@ -90,9 +90,3 @@ class IQAModel(nn.Module):
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         return self.score(x, ref)
-
-
-def count_parameters(module: Any) -> int | None:
-    if not isinstance(module, nn.Module):
-        return None
-    return sum(p.numel() for p in module.parameters())

@@ -21,9 +21,10 @@ from typing import Any
 import torch
 
 from benchmark.errors import ModelUnavailable
-from benchmark.models.base import IQAModel, ModelInfo, count_parameters
+from benchmark.models.base import IQAModel, ModelInfo
 from benchmark.models.fftconv import fast_float64_conv
 from benchmark.models.offline import explain_load_failure, no_downloads
+from benchmark.params import count_parameters
 from benchmark.paths import atomic_write
 
 log = logging.getLogger(__name__)

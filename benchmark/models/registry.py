@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError, ModelUnavailable
-from benchmark.models.base import IQAModel, ModelInfo, count_parameters
+from benchmark.models.base import IQAModel, ModelInfo
 from benchmark.models.purified import parse_purified, purified_model
 from benchmark.models.pyiqa_adapter import create_pyiqa_model, pyiqa_availability, pyiqa_info
+from benchmark.params import count_parameters
 from benchmark.paths import cache_dir
 from benchmark.registry import Entry, Registry, load_target
 

@@ -14,7 +14,8 @@ import torch
 
 from benchmark.cards import card_paths, check_fields, read_toml
 from benchmark.errors import CheckpointError, ConfigError
-from benchmark.models.base import IQAModel, ModelInfo, count_parameters
+from benchmark.models.base import IQAModel, ModelInfo
+from benchmark.params import count_parameters
 from benchmark.registry import Entry
 
 ZOO_SOURCES = ("zoo", "robustblock", "defense")

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from benchmark.params import count_parameters
 from benchmark.robust.layers import OrthLinear
 from benchmark.robust.orthconv import OrthConv2d
 
@@ -44,10 +45,6 @@ class PruneReport:
             "removed": dict(self.removed),
             "skipped": dict(self.skipped),
         }
-
-
-def _n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def _out_dim(layer: nn.Module, t: torch.Tensor) -> int:
@@ -223,7 +220,7 @@ def prune(
         if isinstance(example_input, torch.Tensor)
         else torch.rand(tuple(example_input), generator=torch.Generator().manual_seed(0)).to(p)
     )
-    report = PruneReport(params_before=_n_params(model))
+    report = PruneReport(params_before=count_parameters(model))
     names = list(layers) if layers is not None else [
         n for n, m in model.named_modules() if isinstance(m, PRUNABLE)
     ]  # fmt: skip
@@ -268,7 +265,7 @@ def prune(
             continue
         model = trial
         report.removed[name] = len(gone)
-    report.params_after = _n_params(model)
+    report.params_after = count_parameters(model)
     return model, report
 
 

@@ -500,8 +500,8 @@ def run_defense_training(
     `open_split(split)` opens the data (default: `cfg.dataset`); `max_steps` cuts the run
     short (tests).
     """
-    from benchmark.models.base import count_parameters
     from benchmark.models.zoo import build_network
+    from benchmark.params import count_parameters
 
     dcfg.validate()
     cfg.validate()

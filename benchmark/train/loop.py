@@ -362,7 +362,7 @@ def run_training(
 
     `open_split(split)` opens the data (default: the registered dataset `cfg.dataset`).
     """
-    from benchmark.models.base import count_parameters
+    from benchmark.params import count_parameters
 
     cfg.validate()
     if cfg.threads:

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from benchmark.errors import ConfigError
-from benchmark.models.base import count_parameters
 from benchmark.models.robust_net import convert_network, core_parent, layer_widths
+from benchmark.params import count_parameters
 from benchmark.robust.prune import prune
 from benchmark.train.card import SCORE_RANGE, model_card, training_table, write_card
 from benchmark.train.config import TrainConfig
