@@ -1,4 +1,4 @@
-"""Score formulas of the benchmark (DESIGN section 5): pure functions on numpy arrays.
+"""Score formulas of the benchmark (docs/architecture.md, "Scores"): pure functions on numpy arrays.
 
 Everything works on *quality-up, normalised* scores `q` (clean) and `q_adv` (attacked):
 `to_quality` turns a model's raw outputs into them so that "inflation" always means

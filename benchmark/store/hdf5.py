@@ -1,6 +1,6 @@
 """The HDF5 results store: one file per run, crash-safe and resumable.
 
-Layout (DESIGN section 4)::
+Layout (docs/architecture.md, "The results store")::
 
     /cells/<model>/<dataset>/<attack>/<eps>/<direction>/   one group per cell
         image_id, mos, clean, attacked, linf, l2, psnr, ssim, seconds   per-image datasets
