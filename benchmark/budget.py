@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from fractions import Fraction
 
 from benchmark.errors import ConfigError
@@ -20,6 +21,19 @@ def parse_budget(value: str | float | int, what: str = "eps") -> float:
     if not (0.0 < x <= 1.0):
         raise ConfigError(f"{what} must lie in (0, 1] (images are in [0,1]), got {value!r}")
     return x
+
+
+def parse_budgets(value: str | float | Sequence[str | float] | None) -> tuple[float, ...]:
+    """Several budgets: "4/255,8/255", one number, or a sequence of either form; None -> ()
+    (each attack card's default)."""
+    if value is None:
+        return ()
+    parts = [value] if isinstance(value, str | int | float) else list(value)
+    items = [v for part in parts for v in (part.split(",") if isinstance(part, str) else [part])]
+    budgets = tuple(parse_budget(v) for v in items if not (isinstance(v, str) and not v.strip()))
+    if not budgets:
+        raise ConfigError("eps is empty: give budgets like 4/255,8/255, or none for the defaults")
+    return budgets
 
 
 def budget_label(eps: float) -> str:

@@ -14,11 +14,21 @@ import tomli_w
 from benchmark.errors import ConfigError
 from benchmark.paths import atomic_write
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The checkout in a source tree or an editable install; site-packages in a regular install.
+REPO_ROOT = PACKAGE_DIR.parent
+# Where a built wheel carries the cards: setup.py's build_py copies the repository's
+# attacks/*.toml, datasets/*.toml and models/<name>/{card.toml,checkpoint} here.
+SHIPPED_DIR = PACKAGE_DIR / "shipped"
+# Installed from a wheel: the package carries its cards. Otherwise the code runs from the
+# checkout (a source tree or an editable install), whose own folders are the cards.
+INSTALLED = SHIPPED_DIR.is_dir()
+IN_CHECKOUT = not INSTALLED and (REPO_ROOT / "pyproject.toml").is_file()
+_FOLDER_OF = {"model": "models", "attack": "attacks", "dataset": "datasets"}
+# The shipped cards of each kind: `benchmark/shipped/<kind>s/` in an installed package,
+# else the checkout's `<kind>s/` (the source of those copies).
 CARD_DIRS = {
-    "model": REPO_ROOT / "models",
-    "attack": REPO_ROOT / "attacks",
-    "dataset": REPO_ROOT / "datasets",
+    kind: (SHIPPED_DIR if INSTALLED else REPO_ROOT) / folder for kind, folder in _FOLDER_OF.items()
 }
 
 
@@ -65,25 +75,33 @@ def check_fields(data: Mapping[str, Any], spec: FieldSpec, where: str) -> dict[s
     return out
 
 
-# Extra folders of model cards (os.pathsep-separated), searched after `models/`.
+# Extra folders of cards (os.pathsep-separated), searched after the shipped ones.
 MODEL_DIRS_ENV = "BENCHMARK_MODEL_DIRS"
+ATTACK_DIRS_ENV = "BENCHMARK_ATTACK_DIRS"
+DATASET_DIRS_ENV = "BENCHMARK_DATASET_DIRS"
+DIRS_ENV = {"model": MODEL_DIRS_ENV, "attack": ATTACK_DIRS_ENV, "dataset": DATASET_DIRS_ENV}
 
 
 def card_folders(kind: str) -> list[Path]:
-    """`models/` etc. in the repo, plus for models the folders in $BENCHMARK_MODEL_DIRS.
+    """The shipped folder of `kind` (`CARD_DIRS`), then the user's folders from
+    $BENCHMARK_MODEL_DIRS, $BENCHMARK_ATTACK_DIRS or $BENCHMARK_DATASET_DIRS.
 
-    Why: a model trained with `train -o elsewhere/<name>` (an ablation, a private model)
-    should be usable by name without copying it into the repo, where `--models all` would
-    pick it up for everyone.
+    Why: a model trained with `train -o elsewhere/<name>` (an ablation, a private model), an
+    attack preset or a dataset card of one's own should be usable by name without copying it
+    into the package (or the repo, where `--models all` would pick it up for everyone). A
+    name defined in two folders is an error naming both files, never a silent override.
     """
+    if kind not in CARD_DIRS:
+        raise ValueError(f"card kind must be one of {', '.join(CARD_DIRS)}, got {kind!r}")
+    env = DIRS_ENV[kind]
     folders = [CARD_DIRS[kind]]
-    if kind == "model":
-        for raw in os.environ.get(MODEL_DIRS_ENV, "").split(os.pathsep):
-            if not raw.strip():
-                continue
-            folder = Path(raw).expanduser().resolve()
-            if not folder.is_dir():
-                raise ConfigError(f"{MODEL_DIRS_ENV}: {raw!r} is not a folder")
+    for raw in os.environ.get(env, "").split(os.pathsep):
+        if not raw.strip():
+            continue
+        folder = Path(raw).expanduser().resolve()
+        if not folder.is_dir():
+            raise ConfigError(f"{env}: {raw!r} is not a folder")
+        if folder not in folders:
             folders.append(folder)
     return folders
 

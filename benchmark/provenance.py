@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from benchmark import __version__
-from benchmark.cards import REPO_ROOT
+from benchmark.cards import IN_CHECKOUT, REPO_ROOT
 
 PACKAGES = (
     "torch",
@@ -40,7 +40,10 @@ def package_versions() -> dict[str, str]:
 @functools.cache
 def git_revision() -> str:
     """HEAD of the checkout the code runs from, '+dirty' when tracked files differ; 'unknown'
-    outside a git checkout (an installed wheel)."""
+    outside a git checkout (an installed wheel: site-packages may sit inside some other
+    repository, whose revision says nothing about this code)."""
+    if not IN_CHECKOUT:
+        return "unknown"
     try:
         rev = subprocess.run(
             ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],

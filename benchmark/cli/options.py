@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from benchmark.budget import parse_budget
-from benchmark.errors import ConfigError
+from benchmark.budget import parse_budgets
 
 
 def parse_eps(text: str | None) -> tuple[float, ...]:
     """`4/255,8/255` -> budgets; None -> () (each attack card's default)."""
-    if text is None:
-        return ()
-    values = tuple(parse_budget(v) for v in text.split(",") if v.strip())
-    if not values:
-        raise ConfigError("--eps is empty")
-    return values
+    return parse_budgets(text)
 
 
 def resolve_models(spec: str, exclude: str = "") -> tuple[str, ...]:
-    """`--models` as every command reads it: names, `all`, `all-nr`, `all-fr`, purifier
-    compositions and plugins, minus `--exclude`."""
-    from benchmark.models.registry import resolve_model_names
+    """`--models` as every command reads it (`benchmark.models.registry.select_models`)."""
+    from benchmark.models.registry import select_models
 
-    excluded = set(resolve_model_names(exclude)) if exclude.strip() else set()
-    models = tuple(m for m in resolve_model_names(spec) if m not in excluded)
-    if not models:
-        raise ConfigError(
-            "no usable model matches --models (see `python -m benchmark list models`)"
-        )
-    return models
+    return select_models(spec, exclude)
 
 
 def add_model_options(p, required: bool = True) -> None:  # noqa: ANN001 (argparse parser)

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
-from benchmark.cli.options import (
-    add_batch_size_option,
-    add_model_options,
-    parse_eps,
-    resolve_models,
-)
-from benchmark.errors import ConfigError
-
-log = logging.getLogger("benchmark")
-
-DEFAULT_RESULTS = Path("results") / "benchmark.h5"
+from benchmark.api import DEFAULT_RESULTS
+from benchmark.cli.options import add_batch_size_option, add_model_options
 
 
 def add_parser(sub: Any) -> None:
@@ -77,56 +67,36 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def make_executor(name: str, address: str | None) -> Any:
-    from benchmark.run.executors import LocalExecutor, RayExecutor
-
-    if name == "ray":
-        return RayExecutor(address)
-    if name != "local":
-        raise ConfigError(f"--executor must be local or ray, got {name!r}")
-    return LocalExecutor()
-
-
 def run(args: argparse.Namespace) -> int:
-    from benchmark.attacks.registry import parse_overrides
-    from benchmark.models.registry import resolve_model_names
-    from benchmark.report.leaderboard import build_tables, render_html, terminal_table
-    from benchmark.run.batching import parse_batch_size
-    from benchmark.run.runner import RunConfig, resolve_attacks
-    from benchmark.run.runner import run as run_cells
-    from benchmark.store.hdf5 import ResultStore
+    from benchmark.api import run as run_benchmark
+    from benchmark.report.leaderboard import terminal_table
 
-    models = resolve_models(args.models, args.exclude)
-    cfg = RunConfig(
-        models=models,
-        attacks=resolve_attacks(args.attacks),
+    html = Path(args.html) if args.html else Path(args.out).with_name("leaderboard.html")
+    result = run_benchmark(
+        models=args.models,
+        exclude=args.exclude,
+        attacks=args.attacks,
         dataset=args.dataset,
         split=args.split,
-        eps=parse_eps(args.eps),
-        directions=("up", "down") if args.direction == "both" else (args.direction,),
+        data_root=args.data_root,
+        eps=args.eps,
+        direction=args.direction,
         limit=args.limit,
         sample=args.sample,
         seed=args.seed,
         device=args.device,
-        batch_size=parse_batch_size(args.batch_size),
-        params=parse_overrides(args.param),
-        data_root=args.data_root,
-        attack_source=resolve_model_names(args.attack_source)[0] if args.attack_source else None,
-    )
-    log.info("models: %s", ", ".join(models))
-    store = ResultStore(args.out)
-    report = run_cells(
-        cfg,
-        store,
-        progress=not args.quiet,
+        batch_size=args.batch_size,
+        params=args.param,
+        out=args.out,
+        html=html,
         force=args.force,
-        executor=make_executor(args.executor, args.ray_address),
+        attack_source=args.attack_source,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        progress=not args.quiet,
     )
-    cells = store.read_cells()
-    html = Path(args.html) if args.html else store.path.with_name("leaderboard.html")
-    tables = build_tables(cells)
-    render_html(cells, html, tables=tables)
-    print(terminal_table(cells, tables=tables))
+    report = result.report
+    print(terminal_table(result.cells, tables=result.tables()))
     print(
         f"\n{len(report.computed)} cell(s) computed, {len(report.skipped)} already stored"
         f"{' (nothing recomputed)' if not report.computed and report.skipped else ''}, "
@@ -134,5 +104,5 @@ def run(args: argparse.Namespace) -> int:
     )
     for name, why in report.unavailable.items():
         print(f"unavailable: {name}: {why}")
-    print(f"results: {store.path}\nleaderboard: {html}")
-    return 1 if report.failed or report.unavailable else 0
+    print(f"results: {result.path}\nleaderboard: {result.html}")
+    return 0 if result.ok else 1

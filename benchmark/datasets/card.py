@@ -18,9 +18,11 @@ and column names of the official release. Schema (unknown keys and wrong types a
     policy = "resize"                     # none | resize | center-crop | crop
     size = [384, 512]                     # [height, width]
 
-Relative roots are relative to the repository root. The root can be overridden, in this
-order, by the `root` argument of `create_dataset`, `$BENCHMARK_DATA_<NAME>` (name upper-cased,
-non-alphanumerics as `_`) and `$BENCHMARK_DATA_DIR/<name>`.
+A relative `root` written in a card is relative to the card's folder; one given as an
+argument, in the environment or as `folder:PATH` is relative to the current folder (an
+installed package has no repository root to be relative to). The root can be overridden, in
+this order, by the `root` argument of `create_dataset`, `$BENCHMARK_DATA_<NAME>` (name
+upper-cased, non-alphanumerics as `_`) and `$BENCHMARK_DATA_DIR/<name>`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.cards import REPO_ROOT, check_fields, read_toml
+from benchmark.cards import check_fields, read_toml
 from benchmark.datasets.images import POLICIES
 from benchmark.errors import ConfigError
 
@@ -179,7 +181,12 @@ def _parse_splits(raw: Mapping[str, Any], path: Path) -> dict[str, float]:
 
 
 def resolve_root(card: DatasetCard, override: str | os.PathLike[str] | None = None) -> Path:
-    """The data root: argument, then $BENCHMARK_DATA_<NAME>, then $BENCHMARK_DATA_DIR/<name>, then card."""
+    """The data root: argument, then $BENCHMARK_DATA_<NAME>, then $BENCHMARK_DATA_DIR/<name>, then card.
+
+    Relative: a card's own `root` against the card's folder, anything else against the
+    current folder.
+    """
+    base = Path.cwd()
     if override is not None:
         raw: str = os.fspath(override)
     elif os.environ.get(card.env_var):
@@ -188,10 +195,12 @@ def resolve_root(card: DatasetCard, override: str | os.PathLike[str] | None = No
         raw = os.path.join(os.environ["BENCHMARK_DATA_DIR"], card.name)
     elif card.root is not None:
         raw = card.root
+        if card.path is not None:
+            base = Path(card.path).parent
     else:
         raise ConfigError(f"dataset {card.name!r} has no root")
     root = Path(raw).expanduser()
-    return root if root.is_absolute() else REPO_ROOT / root
+    return root if root.is_absolute() else base / root
 
 
 def assign_split(group: str, splits: Mapping[str, float]) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +171,22 @@ def resolve_model_names(
     return list(dict.fromkeys(out))
 
 
+def select_models(
+    models: str | Sequence[str], exclude: str | Sequence[str] = ""
+) -> tuple[str, ...]:
+    """Models as every command and the API read them: names, `all`, `all-nr`, `all-fr`,
+    purifier compositions and plugins (a comma list or a sequence), minus `exclude`."""
+    spec = models if isinstance(models, str) else ",".join(models)
+    drop = exclude if isinstance(exclude, str) else ",".join(exclude)
+    excluded = set(resolve_model_names(drop)) if drop.strip() else set()
+    names = tuple(m for m in resolve_model_names(spec) if m not in excluded)
+    if not names:
+        raise ConfigError(
+            "no usable model matches --models (see `python -m benchmark list models`)"
+        )
+    return names
+
+
 __all__ = [
     "ModelStatus",
     "create_model",
@@ -178,4 +194,5 @@ __all__ = [
     "model_registry",
     "pyiqa_info",
     "resolve_model_names",
+    "select_models",
 ]

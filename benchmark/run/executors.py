@@ -119,6 +119,16 @@ class RayExecutor:
         return _run_ray(cfg, todo, sink, self.address, progress)
 
 
+def make_executor(name: str = "local", address: str | None = None) -> Executor:
+    """The executor called `name`: "local" (this process) or "ray" (the cluster at `address`,
+    a local one when None)."""
+    if name == "ray":
+        return RayExecutor(address)
+    if name != "local":
+        raise ConfigError(f"executor must be local or ray, got {name!r}")
+    return LocalExecutor()
+
+
 def _run_ray(
     cfg: RunConfig, todo: Todo, sink: CellSink, address: str | None, progress: bool
 ) -> dict[str, str]:
