@@ -34,17 +34,11 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
-    """PEP 562: the API's names, from `benchmark.api` when first asked for.
-
-    `run` ends up as the subpackage `benchmark.run`, which is callable as the API's `run`:
-    importing the API imports it, and that binds the name here (benchmark/run/__init__.py).
-    """
+    """PEP 562: the API's names, from `benchmark.api` when first asked for."""
     if name not in _API:
         raise AttributeError(f"module 'benchmark' has no attribute {name!r}")
     from benchmark import api  # the facade: nothing heavy until a function is called
 
-    if name in globals():  # `run`, bound by the import of benchmark.run
-        return globals()[name]
     value = getattr(api, name)
     globals()[name] = value
     return value

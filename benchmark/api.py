@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from benchmark.run.session import DEFAULT_RESULTS, RunResults, run, run_config
+from benchmark.engine.session import DEFAULT_RESULTS, RunResults, run, run_config
 
 if TYPE_CHECKING:
     import pandas as pd

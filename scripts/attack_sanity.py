@@ -6,7 +6,7 @@
 Runs every requested attack preset (default: all cards in `attacks/`, each at its card's
 budget, direction up) on one model over images of the built-in test split (`--sample N`:
 N evenly spaced over the split, default 32; `--limit N`: the first N, which on the built-in
-split are all crops of one photograph) through the real runner (`benchmark.run.runner.run`, the
+split are all crops of one photograph) through the real runner (`benchmark.engine.runner.run`, the
 code behind `python -m benchmark run`) into its own results file, then prints a markdown
 table read back from that HDF5 file alone:
 
@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmark.attacks.registry import list_attacks  # noqa: E402
+from benchmark.engine.batching import parse_batch_size  # noqa: E402
 from benchmark.errors import BenchmarkError, ConfigError  # noqa: E402
 from benchmark.report.scores import summarize_cell  # noqa: E402
-from benchmark.run.batching import parse_batch_size  # noqa: E402
 from benchmark.store.cell import CellResult  # noqa: E402
 from benchmark.store.hdf5 import ResultStore  # noqa: E402
 
@@ -62,8 +62,8 @@ def select_attacks(spec: str) -> list[str]:
 
 
 def run_cells(args: argparse.Namespace, attacks: list[str]) -> float:
+    from benchmark.engine.runner import RunConfig, resolve_attacks, run
     from benchmark.models.registry import resolve_model_names
-    from benchmark.run.runner import RunConfig, resolve_attacks, run
 
     models = resolve_model_names(args.model)
     if len(models) != 1:

@@ -24,9 +24,9 @@ import pandas as pd
 import torch
 
 from benchmark.report.evidence import (
+    base_of,
     md_ci,
     md_num,
-    base_of,
     split_correlations,
     spread_gains,
     training_minutes,

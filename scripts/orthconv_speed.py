@@ -4,7 +4,7 @@ Shape (from issue 5): 64 -> 64 channels, 3x3, 128x128, batch 16, float32. Prints
 forward+backward ratio (training) and the eval-mode inference ratio with the cached Q.
 The two layers are timed alternately in each round and the per-round ratios' median is
 reported, so that load from other processes on the shared CPU hits both sides alike.
-The process uses the allocator settings the runner uses (`benchmark.run.allocator`: freed
+The process uses the allocator settings the runner uses (`benchmark.engine.allocator`: freed
 buffers are reused instead of page-faulted in again, which on this VM cost more than the
 FFTs); `BENCHMARK_MALLOC=default` times glibc's default instead, and the first line says
 which.
@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from benchmark.engine.allocator import keep_freed_memory
 from benchmark.robust.orthconv import OrthConv2d
-from benchmark.run.allocator import keep_freed_memory
 
 
 def _time(fn: Callable[[], object]) -> float:

@@ -9,7 +9,7 @@ For each model and attack, in one process:
   one forward that scores the attacked images. Trained attacks (UAP family, FACPA) at
   inference: the attack's own computation (tiling, or the generator) and that scoring
   forward, in inference mode, without any check or bookkeeping;
-- runner: `benchmark.run.runner.run_cell` on the same images at the batch size the runner
+- runner: `benchmark.engine.runner.run_cell` on the same images at the batch size the runner
   chooses (`--batch-size auto`, measured per model as in a run), with every per-image
   measurement (PSNR/SSIM, L_inf/L2, attacked score, the budget check) and the per-cell
   loading of a trained attack's artifact; the model's group is set up once, as in a run
@@ -19,7 +19,7 @@ Prints medians over repeats (after one untimed warm-up call each) and the ratios
 runner/floor (target <= 1.3) and per-image/runner (target >= 2.5 in geometric mean). Images
 are synthetic and held in memory so that PNG decoding does not blur the comparison. Trained
 attacks are fitted first on a few images (their inference cost does not depend on how well
-they were trained). The process uses the runner's allocator settings (`benchmark.run.allocator`,
+they were trained). The process uses the runner's allocator settings (`benchmark.engine.allocator`,
 as `run_group` does); `BENCHMARK_MALLOC=default` times glibc's default instead.
 """
 
@@ -42,13 +42,13 @@ from benchmark.attacks.artifacts import TrainedAttack  # noqa: E402
 from benchmark.attacks.base import Attack  # noqa: E402
 from benchmark.attacks.registry import create_attack  # noqa: E402
 from benchmark.datasets.base import DatasetInfo, IQADataset, Sample  # noqa: E402
+from benchmark.engine.allocator import keep_freed_memory  # noqa: E402
+from benchmark.engine.batching import choose_batch_size, parse_batch_size  # noqa: E402
+from benchmark.engine.cells import GroupContext, run_cell  # noqa: E402
+from benchmark.engine.config import RunConfig  # noqa: E402
 from benchmark.models.archs import build_arch  # noqa: E402
 from benchmark.models.base import IQAModel, ModelInfo  # noqa: E402
 from benchmark.models.registry import create_model, model_registry  # noqa: E402
-from benchmark.run.allocator import keep_freed_memory  # noqa: E402
-from benchmark.run.batching import choose_batch_size, parse_batch_size  # noqa: E402
-from benchmark.run.cells import GroupContext, run_cell  # noqa: E402
-from benchmark.run.config import RunConfig  # noqa: E402
 from benchmark.store.cell import CellKey  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The glibc allocator setting the runner applies (benchmark.run.allocator)."""
+"""The glibc allocator setting the runner applies (benchmark.engine.allocator)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import pytest
 
 PROBE = (
-    "from benchmark.run.allocator import keep_freed_memory as k; "
-    "import benchmark.run.allocator as a; print(k(), k(), a._done)"
+    "from benchmark.engine.allocator import keep_freed_memory as k; "
+    "import benchmark.engine.allocator as a; print(k(), k(), a._done)"
 )
 
 
@@ -44,7 +44,7 @@ def test_freed_memory_is_handed_back_between_models():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
     code = (
-        "import torch; from benchmark.run.allocator import keep_freed_memory, release_freed_memory\n"
+        "import torch; from benchmark.engine.allocator import keep_freed_memory, release_freed_memory\n"
         "def rss():\n"
         "    return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
         "keep_freed_memory(); base = rss()\n"

@@ -33,7 +33,8 @@ def test_import_is_cheap_and_names_resolve_lazily() -> None:
         "import sys, benchmark; heavy = [m for m in ('torch', 'pandas', 'pyiqa') if m in sys.modules];"
         "assert not heavy, heavy; assert benchmark.__version__ == '0.1.0';"
         "assert callable(benchmark.run) and callable(benchmark.load_results);"
-        "import benchmark.run.batching as b; assert b.__name__ == 'benchmark.run.batching';"
+        "import benchmark.engine.batching as b; assert b.__name__ == 'benchmark.engine.batching';"
+        "import inspect; assert inspect.isfunction(benchmark.run);"
         "from benchmark import run; assert run is benchmark.run and callable(run)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

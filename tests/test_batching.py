@@ -1,4 +1,4 @@
-"""The measured batch size (benchmark.run.batching) and the runner's use of it."""
+"""The measured batch size (benchmark.engine.batching) and the runner's use of it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark.run.batching as batching
+import benchmark.engine.batching as batching
 from benchmark.cli import main
+from benchmark.engine.batching import choose_batch_size, parse_batch_size
 from benchmark.errors import ConfigError
 from benchmark.models.base import IQAModel, ModelInfo
-from benchmark.run.batching import choose_batch_size, parse_batch_size
 from benchmark.store.hdf5 import ResultStore
 
 
@@ -133,8 +133,8 @@ def test_measurement_is_cached_per_setting_and_a_damaged_cache_is_measured_again
 def test_a_group_decodes_the_split_once_and_shares_it_between_cells(make_kadid, tmp_path):
     from benchmark.attacks.registry import create_attack
     from benchmark.datasets.registry import create_dataset
-    from benchmark.run.cells import GroupContext, run_cell
-    from benchmark.run.config import RunConfig
+    from benchmark.engine.cells import GroupContext, run_cell
+    from benchmark.engine.config import RunConfig
     from benchmark.store.cell import CellKey
 
     root = make_kadid(tmp_path / "kadid", n_refs=4)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark.run.executors import RayExecutor
-from benchmark.run.runner import RunConfig, run
+from benchmark.engine.executors import RayExecutor
+from benchmark.engine.runner import RunConfig, run
 from benchmark.store.hdf5 import ResultStore
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e '.[ray]'")

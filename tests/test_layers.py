@@ -8,12 +8,12 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "benchmark"
 
-# cli -> run / report / train -> models / attacks / datasets / store -> robust -> base helpers
+# cli -> engine / report / train -> models / attacks / datasets / store -> robust -> base helpers
 LAYERS = {
     "cli": 4,
     "api": 4,
     "__main__": 4,
-    "run": 3,
+    "engine": 3,
     "report": 3,
     "train": 3,
     "models": 2,

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from benchmark.cli import main
+from benchmark.engine.cells import check_gradient
 from benchmark.models.base import IQAModel, ModelInfo
-from benchmark.run.cells import check_gradient
 from benchmark.store.hdf5 import ResultStore
 
 PLUGINS = '''
@@ -212,8 +212,8 @@ def test_a_batch_at_its_reference_does_not_decide_that_a_metric_has_no_gradient(
     """With batches of one, the first image of a builtin split is pristine, where PSNR's
     input gradient is exactly zero; the check must look further and attack the metric."""
     from benchmark.datasets.builtin import BuiltinDataset
-    from benchmark.run.cells import plan_cells, run_group
-    from benchmark.run.config import RunConfig
+    from benchmark.engine.cells import plan_cells, run_group
+    from benchmark.engine.config import RunConfig
 
     cfg = RunConfig(models=("psnry",), attacks=("ifgsm",), batch_size=1, params={"steps": 2})
     done = []

@@ -47,10 +47,10 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.attacks.registry import attack_registry, parse_overrides
+    from benchmark.engine.batching import parse_batch_size
+    from benchmark.engine.runner import RunConfig, resolve_attacks
+    from benchmark.engine.runner import run as run_cells
     from benchmark.models.registry import create_model, resolve_model_names
-    from benchmark.run.batching import parse_batch_size
-    from benchmark.run.runner import RunConfig, resolve_attacks
-    from benchmark.run.runner import run as run_cells
     from benchmark.store.hdf5 import ResultStore, read_results
 
     (defense,) = resolve_model_names(args.defense)

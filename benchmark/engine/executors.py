@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tqdm import tqdm
 
 from benchmark.attacks.base import Attack
+from benchmark.engine.cells import CellSink, cell_key, make_attack, run_group
+from benchmark.engine.config import RunConfig
 from benchmark.errors import BenchmarkError, ConfigError, ModelUnavailable
-from benchmark.run.cells import CellSink, cell_key, make_attack, run_group
-from benchmark.run.config import RunConfig
 from benchmark.store.cell import CellKey, CellResult
 
 if TYPE_CHECKING:

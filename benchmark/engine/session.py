@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
+    from benchmark.engine.config import RunConfig, RunReport
     from benchmark.report.tables import LeaderboardTables
-    from benchmark.run.config import RunConfig, RunReport
     from benchmark.store.cell import CellResult
 
 __all__ = ["DEFAULT_RESULTS", "RunResults", "run", "run_config"]
@@ -52,10 +52,10 @@ def run_config(
     builds its configuration here). Validates every name and value; see `run`."""
     from benchmark.attacks.registry import parse_overrides
     from benchmark.budget import parse_budgets
+    from benchmark.engine.batching import parse_batch_size
+    from benchmark.engine.config import RunConfig, resolve_attacks
     from benchmark.errors import ConfigError
     from benchmark.models.registry import resolve_model_names, select_models
-    from benchmark.run.batching import parse_batch_size
-    from benchmark.run.config import RunConfig, resolve_attacks
 
     if isinstance(direction, str):
         directions = ("up", "down") if direction == "both" else (direction,)
@@ -169,9 +169,9 @@ def run(
     A model that cannot be built here is reported in `result.report.unavailable`; a cell
     that fails is stored with its reason and listed in `result.report.failed`.
     """
+    from benchmark.engine.executors import make_executor
+    from benchmark.engine.runner import run as run_cells
     from benchmark.report.leaderboard import render_html
-    from benchmark.run.executors import make_executor
-    from benchmark.run.runner import run as run_cells
     from benchmark.store.hdf5 import ResultStore
 
     cfg = run_config(

@@ -1,8 +1,8 @@
 """One model group's work: build the model once, check its input gradient, score the clean
 images once, then run and hand over each cell (attack preset, eps, direction).
 
-An executor (`benchmark.run.executors`) decides where `run_group` runs; the runner
-(`benchmark.run.runner`) plans cells, skips stored ones and writes what comes back.
+An executor (`benchmark.engine.executors`) decides where `run_group` runs; the runner
+(`benchmark.engine.runner`) plans cells, skips stored ones and writes what comes back.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from benchmark.attacks.utils import seeded_rng
 from benchmark.budget import budget_label
 from benchmark.datasets.base import Batch, IQADataset, spread
 from benchmark.datasets.registry import create_dataset
+from benchmark.engine.allocator import keep_freed_memory, release_freed_memory
+from benchmark.engine.batching import MAX_BATCH, BatchChoice, measured_batch_size
+from benchmark.engine.config import RunConfig
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.image_stats import perturbation_stats
 from benchmark.models.base import IQAModel
 from benchmark.models.registry import create_model
 from benchmark.paths import cache_dir
 from benchmark.provenance import run_meta
-from benchmark.run.allocator import keep_freed_memory, release_freed_memory
-from benchmark.run.batching import MAX_BATCH, BatchChoice, measured_batch_size
-from benchmark.run.config import RunConfig
 from benchmark.store.cell import CellKey, CellResult
 
 log = logging.getLogger(__name__)

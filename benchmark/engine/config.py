@@ -25,7 +25,7 @@ class RunConfig:
     sample: int | None = None  # N images evenly spaced over the split
     seed: int = 0
     device: str = "cpu"
-    batch_size: int | None = None  # None: measured per model (`benchmark.run.batching`)
+    batch_size: int | None = None  # None: measured per model (`benchmark.engine.batching`)
     params: dict[str, Any] = field(default_factory=dict)  # attack parameter overrides
     data_root: str | None = None
     attack_source: str | None = None  # transfer: craft on this model, score on each target

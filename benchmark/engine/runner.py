@@ -2,8 +2,8 @@
 stores each cell as it comes back.
 
 Data flow: `RunConfig` -> `plan_cells` (CellKeys) -> skip cells stored with the same config
-hash -> `executor.run(cfg, todo, sink)` (`benchmark.run.executors`; local by default) ->
-`run_group` per model (`benchmark.run.cells`) -> `ResultStore.write_cell`. Only this
+hash -> `executor.run(cfg, todo, sink)` (`benchmark.engine.executors`; local by default) ->
+`run_group` per model (`benchmark.engine.cells`) -> `ResultStore.write_cell`. Only this
 process writes the store.
 """
 
@@ -14,9 +14,9 @@ import time
 
 from benchmark.attacks.base import Attack
 from benchmark.datasets.registry import create_dataset
-from benchmark.run.cells import config_hash, plan_cells
-from benchmark.run.config import RunConfig, RunReport, resolve_attacks
-from benchmark.run.executors import Executor, LocalExecutor
+from benchmark.engine.cells import config_hash, plan_cells
+from benchmark.engine.config import RunConfig, RunReport, resolve_attacks
+from benchmark.engine.executors import Executor, LocalExecutor
 from benchmark.store.cell import CellKey, CellResult
 from benchmark.store.hdf5 import ResultStore
 
