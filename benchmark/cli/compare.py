@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from benchmark.cli.options import parse_eps
+from benchmark.budget import parse_budgets
+from benchmark.cli.options import add_batch_size_option
 from benchmark.errors import ConfigError
 from benchmark.report.compare import STANDARD_ATTACKS, build_report, terminal_report, write_html
 
@@ -33,11 +34,7 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--limit", type=int, default=64)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
-    c.add_argument(
-        "--batch-size",
-        default="auto",
-        help="images per attack batch, or auto: the fastest per image that fits, measured per model",
-    )
+    add_batch_size_option(c)
     c.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
     c.add_argument(
         "--leaderboard", nargs="*", default=[], help="results files to place the defense in"
@@ -64,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         attacks = tuple(a for a in STANDARD_ATTACKS if a in attack_registry())
     cfg = RunConfig(
         models=(defense, baseline), attacks=attacks, dataset=args.dataset, split=args.split,
-        eps=parse_eps(args.eps), limit=args.limit, seed=args.seed, device=args.device,
+        eps=parse_budgets(args.eps), limit=args.limit, seed=args.seed, device=args.device,
         batch_size=parse_batch_size(args.batch_size), params=parse_overrides(args.param),
         data_root=args.data_root,
     )  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from benchmark.cli.options import add_model_options, resolve_models
+from benchmark.cli.options import add_model_options
 from benchmark.errors import ConfigError
 
 
@@ -30,10 +30,10 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from benchmark.datasets.registry import create_dataset
-    from benchmark.models.registry import create_model
+    from benchmark.models.registry import create_model, select_models
     from benchmark.report.evaluation import evaluate_model, format_report
 
-    names = resolve_models(args.models, args.exclude)
+    names = select_models(args.models, args.exclude)
     if args.limit is not None and args.limit < 3:
         raise ConfigError(f"--limit must be at least 3 to correlate, got {args.limit}")
     dataset = create_dataset(args.dataset, args.split, args.data_root)

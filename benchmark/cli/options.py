@@ -1,20 +1,7 @@
-"""Options several commands share, parsed one way: model lists, budgets, batch sizes."""
+"""Options several commands declare the same way: model lists and batch sizes (parsed by
+`models.registry.select_models` and `engine.batching.parse_batch_size`)."""
 
 from __future__ import annotations
-
-from benchmark.budget import parse_budgets
-
-
-def parse_eps(text: str | None) -> tuple[float, ...]:
-    """`4/255,8/255` -> budgets; None -> () (each attack card's default)."""
-    return parse_budgets(text)
-
-
-def resolve_models(spec: str, exclude: str = "") -> tuple[str, ...]:
-    """`--models` as every command reads it (`benchmark.models.registry.select_models`)."""
-    from benchmark.models.registry import select_models
-
-    return select_models(spec, exclude)
 
 
 def add_model_options(p, required: bool = True) -> None:  # noqa: ANN001 (argparse parser)
