@@ -14,6 +14,7 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import pandas as pd
 import pytest
 
 from benchmark.errors import StoreError
@@ -318,3 +319,56 @@ def test_a_purified_model_says_how_it_was_attacked() -> None:
     assert notes["bits4+m"] == "attacker: BPDA through identity"
     assert notes["resize1.15+m"] == "attacker: EOT over 8 draws"
     assert "attacker" not in notes["m"]
+
+
+def test_stored_summaries_are_used_only_when_computed_the_same_way(monkeypatch):
+    from benchmark.report import tables
+
+    c = _synthetic_cell_for_summary()
+    fresh = tables.cell_summary(c, n_boot=50)
+    c.summary = {**fresh, "abs_gain": 123.0}  # a stored summary, marked as made the same way
+    assert tables.stored_summary(c, n_boot=50)["abs_gain"] == 123.0
+    # another bootstrap size or other scoring code: recomputed, never reused
+    assert tables.stored_summary(c, n_boot=60)["abs_gain"] == pytest.approx(fresh["abs_gain"])
+    monkeypatch.setattr(tables, "SCORES_CODE", "other")
+    assert tables.stored_summary(c, n_boot=50)["abs_gain"] == pytest.approx(fresh["abs_gain"])
+
+
+def _synthetic_cell_for_summary(model: str = "m", attack: str = "ifgsm", seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n = 30
+    clean = rng.uniform(size=n)
+    return CellResult(
+        key=CellKey(model, "d", attack, 4 / 255, "up"),
+        status="done",
+        image_id=np.array([f"i{i}" for i in range(n)], dtype=object),
+        mos=clean + rng.normal(0, 0.1, n),
+        clean=clean,
+        attacked=clean + rng.uniform(0, 0.2, n),
+        linf=np.full(n, 4 / 255),
+        l2=np.ones(n),
+        psnr=np.full(n, 40.0),
+        ssim=np.ones(n),
+        seconds=np.ones(n),
+        model_info={"lower_better": False, "score_range": [0, 1]},
+        attack_config={"name": attack, "family": "gradient", "params": {"steps": 1 + seed}},
+    )
+
+
+def test_lazy_cells_with_stored_summaries_rank_like_fresh_ones(tmp_path: Path):
+    from benchmark.report.tables import cell_summary
+    from benchmark.store.hdf5 import ResultStore, read_results
+
+    cells = [
+        _synthetic_cell_for_summary(m, a, seed)
+        for m in ("m1", "m2")
+        for seed, a in enumerate(("fgsm", "ifgsm", "pgd"))
+    ]
+    store = ResultStore(tmp_path / "r.h5")
+    with store.writer():
+        for c in cells:
+            store.write_cell(c, "h", summary=cell_summary(c, n_boot=100))
+    lazy = read_results([tmp_path / "r.h5"], lazy=True)
+    want, got = build_tables(cells, n_boot=100), build_tables(lazy, n_boot=100)
+    pd.testing.assert_frame_equal(want.rows, got.rows)
+    pd.testing.assert_frame_equal(want.cells, got.cells)

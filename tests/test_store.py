@@ -115,3 +115,66 @@ def test_read_results_merges_files(tmp_path: Path):
         "a",
         "b",
     ]
+
+
+def test_a_run_writes_journal_entries_and_compacts_once_at_its_end(tmp_path: Path):
+    s = ResultStore(tmp_path / "r.h5")
+    s.write_cell(cell("first"), "h")  # unlocked: compacted at once
+    before = (tmp_path / "r.h5").stat()
+    with s.writer():
+        for i in range(5):
+            s.write_cell(cell(f"m{i}", seed=i), "h")
+            # the compacted file is not touched by a write inside a run ...
+            assert (tmp_path / "r.h5").stat().st_ino == before.st_ino
+            # ... yet every committed cell reads, from the journal
+            assert len(ResultStore(tmp_path / "r.h5").read_cells()) == i + 2
+        assert len(list(s.journal.iterdir())) == 5
+    assert not s.journal.exists()  # compacted when the run ended
+    cells = {c.key.model: c for c in s.read_cells()}
+    assert sorted(cells) == ["first", "m0", "m1", "m2", "m3", "m4"]
+    np.testing.assert_array_equal(cells["m3"].attacked, cell("m3", seed=3).attacked)
+    with h5py.File(tmp_path / "r.h5") as fh:
+        assert fh.attrs["format_version"] == store_mod.FORMAT_VERSION
+
+
+def test_a_journal_entry_replaces_the_compacted_copy(tmp_path: Path):
+    s = ResultStore(tmp_path / "r.h5")
+    s.write_cell(cell(seed=0), "h1")
+    with s.writer(compact=False):
+        s.write_cell(cell(seed=7), "h2")
+    assert s.journal.exists()  # a killed run leaves its journal: it still reads
+    (only,) = s.read_cells()
+    np.testing.assert_array_equal(only.attacked, cell(seed=7).attacked)
+    assert s.cell_index()[only.key]["config_hash"] == "h2"
+    with s.writer():  # the next run's end folds it in
+        pass
+    assert not s.journal.exists()
+    (only,) = s.read_cells()
+    np.testing.assert_array_equal(only.attacked, cell(seed=7).attacked)
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_writer(tmp_path: Path):
+    s = ResultStore(tmp_path / "r.h5")
+    s.write_cell(cell(), "h")
+    s.journal.mkdir()
+    stale = [s.journal / ".tmp-999-x.h5", tmp_path / "r.h5.tmp-999"]
+    for p in stale:
+        p.write_bytes(b"half a file")
+    assert len(s.read_cells()) == 1  # readers skip them
+    with s.writer():
+        pass
+    assert not any(p.exists() for p in stale)
+
+
+def test_lazy_cells_read_arrays_on_access_and_keep_the_summary(tmp_path: Path):
+    s = ResultStore(tmp_path / "r.h5")
+    with s.writer(compact=False):
+        s.write_cell(cell("a"), "h", summary={"abs_gain": 0.5, "x": [1, 2]})
+    (lazy,) = read_results([tmp_path / "r.h5"], lazy=True)
+    assert lazy.summary == {"abs_gain": 0.5, "x": [1, 2]}
+    assert len(lazy) == 5 and not lazy.has_example and lazy.uses_gradient
+    s.compact()  # the journal entry it was read from is gone: it reads from the file
+    np.testing.assert_array_equal(lazy.clean, cell("a").clean)
+    assert list(lazy.load().image_id) == list(cell("a").image_id)
+    with pytest.raises(AttributeError):
+        _ = lazy.no_such_field

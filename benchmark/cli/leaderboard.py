@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.report.leaderboard import build_tables, render_html, terminal_table
     from benchmark.store.hdf5 import read_results
 
-    cells = read_results(args.results)
+    cells = read_results(args.results, lazy=True)  # arrays read only where a view needs them
     if not cells:
         raise ConfigError(f"no stored cell in {', '.join(args.results)}")
     tables = build_tables(cells, n_boot=args.bootstrap)

@@ -3,7 +3,8 @@ stores each cell as it comes back.
 
 Data flow: `RunConfig` -> `plan_cells` (CellKeys) -> skip cells stored with the same config
 hash -> `executor.run(cfg, todo, sink)` (`benchmark.engine.executors`; local by default) ->
-`run_group` per model (`benchmark.engine.cells`) -> `ResultStore.write_cell`. Only this
+`run_group` per model (`benchmark.engine.cells`) -> `cell_summary` + `ResultStore.write_cell`
+(a journal entry; compacted when the run ends). Only this
 process writes the store.
 """
 
@@ -17,6 +18,7 @@ from benchmark.datasets.registry import create_dataset
 from benchmark.engine.cells import config_hash, plan_cells
 from benchmark.engine.config import RunConfig, RunReport, resolve_attacks
 from benchmark.engine.executors import Executor, LocalExecutor
+from benchmark.report.tables import cell_summary
 from benchmark.store.cell import CellKey, CellResult
 from benchmark.store.hdf5 import ResultStore
 
@@ -62,7 +64,8 @@ def run(
             log.info("%d cell(s) already stored in %s: skipped", len(report.skipped), store.path)
 
         def sink(cell: CellResult, chash: str) -> None:
-            store.write_cell(cell, chash)
+            # scored once here, so a leaderboard of many cells reads it back (O(1) a cell)
+            store.write_cell(cell, chash, summary=cell_summary(cell))
             if cell.status == "failed":
                 report.failed.append((cell.key, cell.reason))
             report.computed.append(cell.key)

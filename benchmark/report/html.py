@@ -27,7 +27,7 @@ from benchmark.report.tables import (
     LeaderboardTables,
     build_tables,
 )
-from benchmark.store.cell import CellResult
+from benchmark.store.cell import Cell
 
 Row = list[tuple[str, bool]]  # (text, right-aligned number?) per column
 
@@ -88,7 +88,7 @@ _ALL_CELLS_HEADERS = [
 
 def _ranked_rows(group: pd.DataFrame) -> list[Row]:
     out = []
-    for _, r in group.iterrows():
+    for r in group.to_dict("records"):
         out.append(
             [
                 (fmt_num(r["rank"]), True),
@@ -146,7 +146,7 @@ def _not_ranked_rows(frame: pd.DataFrame) -> list[Row]:
             (fmt_num(r["n_failed"]), True),
             (str(r["reason"]), False),
         ]
-        for _, r in frame.iterrows()
+        for r in frame.to_dict("records")
     ]
 
 
@@ -160,7 +160,7 @@ def _failed_rows(frame: pd.DataFrame) -> list[Row]:
             (str(r["direction"]), False),
             (str(r["outcome_reason"]), False),
         ]
-        for _, r in frame.iterrows()
+        for r in frame.to_dict("records")
     ]
 
 
@@ -184,7 +184,7 @@ def _all_cell_rows(frame: pd.DataFrame) -> list[Row]:
             (fmt_num(r["n_pairs"]), True),
             (str(r["outcome_reason"] or r["notes"]), False),
         ]
-        for _, r in frame.iterrows()
+        for r in frame.to_dict("records")
     ]
 
 
@@ -200,7 +200,7 @@ def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
         scale = float(counted.max()) if len(counted) and counted.max() > 0 else 1.0
         rows = []
         for model, mg in group.groupby("model", sort=True):
-            by_attack = {str(r["attack"]): r for _, r in mg.iterrows()}
+            by_attack = {str(r["attack"]): r for r in mg.to_dict("records")}
             row_cells = []
             for a in attacks:
                 r = by_attack.get(a)
@@ -225,7 +225,7 @@ def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
 
 
 def render_html(
-    cells: Sequence[CellResult],
+    cells: Sequence[Cell],
     out_path: str | os.PathLike[str],
     title: str = "IQA adversarial-robustness leaderboard",
     *,

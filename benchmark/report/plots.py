@@ -15,19 +15,30 @@ import numpy as np
 
 from benchmark.report.formatting import printable, threat_label
 from benchmark.report.tables import LeaderboardTables
-from benchmark.store.cell import CellResult
+from benchmark.store.cell import Cell
+
+# Beyond these a plot is unreadable and slow to draw (a leaderboard of thousands of cells):
+# every point is drawn, but only this many names, and this many gain-vs-budget lines.
+MAX_LABELS = 40
+MAX_SERIES = 20
 
 
 def tradeoff_png(tables: LeaderboardTables) -> bytes:
     """Worst-case absolute gain vs clean SROCC per model: robustness bought with accuracy shows.
 
-    Names are drawn with mathtext parsing off.
+    Names are drawn with mathtext parsing off; with more than `MAX_LABELS` points only the
+    largest gains are named.
     """
     fig = _figure(7.5, 4.8, dpi=110)
     ax = fig.add_subplot()
     markers = "os^Dv<>pPX*h"
     plotted = skipped = 0
-    for i, ((dataset, norm, _eps, direction), group) in enumerate(tables.threat_groups()):
+    groups = tables.threat_groups()
+    effects = sorted(
+        (e for _, g in groups for e in g["effect"].astype(float) if np.isfinite(e)), reverse=True
+    )
+    named_from = effects[MAX_LABELS - 1] if len(effects) > MAX_LABELS else -np.inf
+    for i, ((dataset, norm, _eps, direction), group) in enumerate(groups):
         ok = group[
             np.isfinite(group["srocc_clean"].astype(float))
             & np.isfinite(group["effect"].astype(float))
@@ -42,7 +53,7 @@ def tradeoff_png(tables: LeaderboardTables) -> bytes:
             marker=markers[i % len(markers)],
             label=label.replace("$", r"\$"),
         )
-        for _, r in ok.iterrows():
+        for _, r in ok[ok["effect"].astype(float) >= named_from].iterrows():
             ax.annotate(
                 printable(r["model"], 28),
                 (float(r["srocc_clean"]), float(r["effect"])),
@@ -56,8 +67,8 @@ def tradeoff_png(tables: LeaderboardTables) -> bytes:
     ax.set_ylabel("worst-case gain in attacked direction\n(lower = more robust)")
     ax.set_title("Robustness / accuracy trade-off")
     ax.grid(True, alpha=0.3)
-    if plotted:
-        ax.legend(fontsize=7, loc="best")
+    if plotted:  # "best" placement costs O(points)
+        ax.legend(fontsize=7, loc="best" if plotted <= 200 else "upper right")
     else:
         ax.text(
             0.5,
@@ -67,8 +78,13 @@ def tradeoff_png(tables: LeaderboardTables) -> bytes:
             va="center",
             transform=ax.transAxes,
         )
+    foot = []
     if skipped:
-        fig.text(0.01, 0.01, f"{skipped} ranked row(s) without clean SROCC not shown", fontsize=7)
+        foot.append(f"{skipped} ranked row(s) without clean SROCC not shown")
+    if len(effects) > MAX_LABELS:
+        foot.append(f"names of the {MAX_LABELS} largest gains of {len(effects)} shown")
+    if foot:
+        fig.text(0.01, 0.01, "; ".join(foot), fontsize=7)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
@@ -90,14 +106,20 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def extra_plots(tables: LeaderboardTables, cells: Sequence[CellResult]) -> list[tuple[str, bytes]]:
+def extra_plots(tables: LeaderboardTables, cells: Sequence[Cell]) -> list[tuple[str, bytes]]:
     """Gain vs eps per model, and clean vs attacked score distributions of the worst attack."""
     plots: list[tuple[str, bytes]] = []
     ranked = tables.ranked
     if not ranked.empty and ranked["eps"].nunique() > 1:
         fig = _figure(7.5, 4.5)
         ax = fig.add_subplot()
-        for (model, norm, direction), g in ranked.groupby(["model", "norm", "direction"]):
+        series = list(ranked.groupby(["model", "norm", "direction"]))
+        title = "Gain vs budget"
+        if len(series) > MAX_SERIES:  # the most attackable ones
+            series.sort(key=lambda kg: -float(np.nanmax(kg[1]["abs_gain"].astype(float))))
+            title += f" ({MAX_SERIES} of {len(series)} models: the largest gains)"
+            series = series[:MAX_SERIES]
+        for (model, norm, direction), g in series:
             g = g.sort_values("eps")
             ax.plot(
                 g["eps"] * 255, g["abs_gain"], marker="o", label=f"{model} ({norm}, {direction})"
@@ -106,19 +128,19 @@ def extra_plots(tables: LeaderboardTables, cells: Sequence[CellResult]) -> list[
         ax.set_ylabel("worst-case absolute gain")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-        plots.append(("Gain vs budget", _png(fig)))
-    by_key = {c.key: c for c in cells}
+        plots.append((title, _png(fig)))
+    by_key = {(k.model, k.dataset, k.attack, round(k.eps, 9), k.direction): c
+              for c in cells for k in [c.key]}  # fmt: skip
     worst = []
-    for _, r in ranked.iterrows():
-        key = next(
-            (k for k in by_key if k.model == r["model"] and k.dataset == r["dataset"]
-             and k.attack == r["worst_attack"] and np.isclose(k.eps, r["eps"])
-             and k.direction == r["direction"]),
-            None,
-        )  # fmt: skip
-        if key is not None:
-            worst.append(by_key[key])
-    examples = [c for c in cells if c.example_delta is not None and c.status == "done"][:16]
+    for r in ranked[["model", "dataset", "worst_attack", "eps", "direction"]].itertuples(
+        index=False
+    ):
+        cell = by_key.get((r.model, r.dataset, r.worst_attack, round(r.eps, 9), r.direction))
+        if cell is not None:
+            worst.append(cell)
+        if len(worst) == 12:
+            break
+    examples = [c.load() for c in cells if c.has_example and c.status == "done"][:16]
     if examples:
         cols = min(4, len(examples))
         nrows = math.ceil(len(examples) / cols)
@@ -134,7 +156,7 @@ def extra_plots(tables: LeaderboardTables, cells: Sequence[CellResult]) -> list[
         plots.append(
             ("Learned perturbations (trained attacks; grey = 0, full colour = +-eps)", _png(fig))
         )
-    worst = worst[:12]
+    worst = [c.load() for c in worst]
     if worst:
         cols = min(4, len(worst))
         nrows = math.ceil(len(worst) / cols)

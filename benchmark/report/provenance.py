@@ -14,7 +14,7 @@ import pandas as pd
 
 from benchmark import __version__
 from benchmark.report.tables import LeaderboardTables
-from benchmark.store.cell import CellResult
+from benchmark.store.cell import Cell
 
 # Meta fields that differ from cell to cell by nature: shown in the all-cells table, not in
 # the provenance summary.
@@ -29,7 +29,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def provenance(cells: Sequence[CellResult], tables: LeaderboardTables) -> list[tuple[str, str]]:
+def provenance(cells: Sequence[Cell], tables: LeaderboardTables) -> list[tuple[str, str]]:
     """(field, values) pairs: every `cell.meta` field with its distinct values and counts."""
     counters: dict[str, Counter[str]] = {}
     for cell in cells:

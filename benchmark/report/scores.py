@@ -17,6 +17,7 @@ Conventions that hold for every function here:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -488,6 +489,33 @@ def adaptive_attack_note(extra: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+_CLEAN_CACHE: dict[bytes, tuple[LogisticFit, dict[str, Any], str]] = {}
+_CLEAN_CACHE_SIZE = 16
+
+
+def _clean_statistics(
+    q: np.ndarray, mos: np.ndarray, has_mos: bool, n_boot: int, seed: int
+) -> tuple[LogisticFit, dict[str, Any], str]:
+    """The logistic fit and clean correlations of (q, MOS), computed once per distinct input.
+
+    Why: every cell of one model on one image set has the same clean scores, and these are
+    half of a cell's scoring time (a logistic fit and three bootstraps); the result is a
+    function of the inputs alone, so a repeat is looked up, not recomputed.
+    """
+    key = hashlib.sha1(
+        q.tobytes() + mos.tobytes() + f"{has_mos},{n_boot},{seed},{q.size}".encode()
+    ).digest()
+    hit = _CLEAN_CACHE.get(key)
+    if hit is None:
+        fit = fit_logistic(q, mos) if has_mos else LogisticFit(None, True, "no MOS")
+        corr, issue = _correlations("clean", q, mos, fit, n_boot, seed)
+        if len(_CLEAN_CACHE) >= _CLEAN_CACHE_SIZE:
+            _CLEAN_CACHE.pop(next(iter(_CLEAN_CACHE)))
+        hit = _CLEAN_CACHE[key] = (fit, corr, issue)
+    fit, corr, issue = hit
+    return fit, dict(corr), issue
+
+
 def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Every score of one cell as a flat dict (one row of the per-cell table).
 
@@ -563,8 +591,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
 
     # correlations with MOS
     has_mos = bool(np.isfinite(mos).any())
-    fit = fit_logistic(q, mos) if has_mos else LogisticFit(None, True, "no MOS")
-    clean_corr, clean_issue = _correlations("clean", q, mos, fit, n_boot, seed)
+    fit, clean_corr, clean_issue = _clean_statistics(q, mos, has_mos, n_boot, seed)
     out.update(clean_corr)
     if not has_mos:
         notes.append("no MOS: correlations undefined")

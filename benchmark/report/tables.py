@@ -20,8 +20,11 @@ Ranking rules (docs/architecture.md, "The gradient check" and "The leaderboard")
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -29,9 +32,10 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import StoreError
+from benchmark.report import scores
 from benchmark.report.sanity import CellGroup, failing_iterations
 from benchmark.report.scores import summarize_cell
-from benchmark.store.cell import CellResult
+from benchmark.store.cell import Cell
 
 GROUP_KEYS = ["dataset", "norm", "eps", "direction"]
 FAILING_ITERATIONS_NOTE = (
@@ -41,7 +45,7 @@ FAILING_ITERATIONS_NOTE = (
 NO_GRADIENT_REASON = "no input gradient; gradient attacks not applicable"
 
 
-def _outcome(cell: CellResult, summary: Mapping[str, Any]) -> tuple[str, str]:
+def _outcome(cell: Cell, summary: Mapping[str, Any]) -> tuple[str, str]:
     """("counted" | "not_applicable" | "failed", why) for one cell."""
     if cell.status == "failed":
         return "failed", cell.reason or "failed (no reason recorded)"
@@ -54,7 +58,38 @@ def _outcome(cell: CellResult, summary: Mapping[str, Any]) -> tuple[str, str]:
     return "counted", ""
 
 
-def summarize_cells(cells: Iterable[CellResult], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+# The scoring code's fingerprint: a summary stored by other code is recomputed, never reused.
+SCORES_CODE = hashlib.sha1(Path(scores.__file__).read_bytes()).hexdigest()[:16]
+
+
+def cell_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """`scores.summarize_cell`, stamped with what it depends on (bootstrap, scoring code).
+
+    The runner stores it beside the cell when the cell is written, so a leaderboard of many
+    cells reads it instead of recomputing (`stored_summary`)."""
+    out = summarize_cell(cell, n_boot=n_boot, seed=seed)
+    out["summary_of"] = {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}
+    # as it reads back from the file, so a fresh and a stored summary render the same
+    return json.loads(json.dumps(out, default=_plain))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray | tuple):
+        return list(obj)
+    raise TypeError(f"not JSON-serialisable in a cell summary: {type(obj).__name__}")
+
+
+def stored_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The cell's stored summary when it was computed the same way, else a fresh one."""
+    stored = cell.summary
+    if stored and stored.get("summary_of") == {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}:
+        return dict(stored)
+    return cell_summary(cell, n_boot=n_boot, seed=seed)
+
+
+def summarize_cells(cells: Iterable[Cell], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """One row of scores per cell (see `scores.summarize_cell`) plus its ranking outcome."""
     rows = []
     seen: set[Any] = set()
@@ -62,7 +97,8 @@ def summarize_cells(cells: Iterable[CellResult], n_boot: int = 1000, seed: int =
         if cell.key in seen:
             raise StoreError(f"duplicate cell in results: {cell.key}")
         seen.add(cell.key)
-        summary = summarize_cell(cell, n_boot=n_boot, seed=seed)
+        summary = stored_summary(cell, n_boot=n_boot, seed=seed)
+        summary.pop("summary_of", None)
         summary["outcome"], summary["outcome_reason"] = _outcome(cell, summary)
         summary["uses_gradient"] = cell.uses_gradient
         summary["effect"] = summary["abs_gain"] * (-1.0 if cell.key.direction == "down" else 1.0)
@@ -216,11 +252,9 @@ class LeaderboardTables:
         ]
 
 
-def build_tables(
-    cells: Sequence[CellResult], n_boot: int = 1000, seed: int = 0
-) -> LeaderboardTables:
+def build_tables(cells: Sequence[Cell], n_boot: int = 1000, seed: int = 0) -> LeaderboardTables:
     """Score every cell and aggregate into ranking rows (see the module docstring for rules)."""
     per_cell = summarize_cells(cells, n_boot=n_boot, seed=seed)
-    failing = failing_iterations(cells)
+    failing = failing_iterations(cells, per_cell)
     rows = _model_rows(per_cell, failing) if len(per_cell) else pd.DataFrame()
     return LeaderboardTables(rows=rows, cells=per_cell, n_boot=n_boot, seed=seed)

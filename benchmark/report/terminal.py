@@ -8,11 +8,11 @@ import pandas as pd
 
 from benchmark.report.formatting import fmt_ci, fmt_num, printable, threat_label
 from benchmark.report.tables import LeaderboardTables, build_tables
-from benchmark.store.cell import CellResult
+from benchmark.store.cell import Cell
 
 
 def terminal_table(
-    cells: Sequence[CellResult],
+    cells: Sequence[Cell],
     *,
     n_boot: int = 1000,
     seed: int = 0,

@@ -66,8 +66,20 @@ class CellResult:
     # [-eps, eps] to uint8 (H, W, 3), so the leaderboard can show what the attack learned.
     example_delta: np.ndarray | None = None
 
+    # The per-cell scores (`report.tables.cell_summary`) computed when the cell was written,
+    # so a leaderboard need not recompute them; None for cells stored without one.
+    summary: dict[str, Any] | None = None
+
     def __len__(self) -> int:
         return int(self.image_id.shape[0])
+
+    def load(self) -> CellResult:
+        """This cell (a `StoredCell` reads its arrays here; a `CellResult` has them)."""
+        return self
+
+    @property
+    def has_example(self) -> bool:
+        return self.example_delta is not None
 
     @property
     def uses_gradient(self) -> bool:
@@ -81,3 +93,62 @@ class CellResult:
         if cfg.get("family") == "query" or cfg.get("bpda") or params.get("bpda"):
             return False
         return not ({str(cfg.get("name", "")), self.key.attack} & KNOWN_GRADIENT_FREE)
+
+
+# Fields a `StoredCell` reads from the file only when asked (the per-image arrays).
+LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, "example_delta")
+
+
+class StoredCell:
+    """A stored cell's header (key, status, configs, provenance, stored summary) whose
+    per-image arrays are read from the file on access, not kept.
+
+    Why: a leaderboard of 10,000 cells of 2,000 images needs each cell's summary, not its
+    arrays (1.3 GB of them); the few views that need arrays (paired checks, plots) read
+    them when they ask. Same attribute names as `CellResult`, so the report takes either;
+    `load()` gives the full cell once for repeated access.
+    """
+
+    def __init__(
+        self,
+        key: CellKey,
+        status: Status,
+        gradient: Literal["ok", "none"],
+        reason: str,
+        model_info: dict[str, Any],
+        attack_config: dict[str, Any],
+        meta: dict[str, Any],
+        summary: dict[str, Any] | None,
+        n_images: int,
+        has_example: bool,
+        loader: Any,
+    ) -> None:
+        self.key = key
+        self.status = status
+        self.gradient = gradient
+        self.reason = reason
+        self.model_info = model_info
+        self.attack_config = attack_config
+        self.meta = meta
+        self.summary = summary
+        self.n_images = n_images
+        self.has_example = has_example
+        self._loader = loader
+
+    def load(self) -> CellResult:
+        """The full cell, read from the file now."""
+        return self._loader()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in LAZY_FIELDS:
+            return getattr(self.load(), name)
+        raise AttributeError(name)
+
+    def __len__(self) -> int:
+        return self.n_images
+
+    uses_gradient = CellResult.uses_gradient
+
+
+# What the report reads: a cell with its arrays, or a stored header that reads them on access.
+Cell = CellResult | StoredCell

@@ -1,18 +1,27 @@
-"""The HDF5 results store: one file per run, crash-safe and resumable.
+"""The HDF5 results store: one file per run, crash-safe, resumable, O(cell) writes.
 
 Layout (docs/architecture.md, "The results store")::
 
-    /cells/<model>/<dataset>/<attack>/<eps>/<direction>/   one group per cell
+    <file>                 the compacted cells
+    <file>.journal/        cells written since the last compaction, one small file each
+    /cells/<model>/<dataset>/<attack>/<eps>/<direction>/   one group per cell (in both)
         image_id, mos, clean, attacked, linf, l2, psnr, ssim, seconds   per-image datasets
         attrs: status, gradient, reason, config_hash, key (JSON), attack_config (JSON),
-               model_info (JSON), meta (JSON: versions, git, device, wall time, seed)
+               model_info (JSON), meta (JSON: versions, git, device, wall time, seed),
+               summary (JSON, optional: the cell's scores, computed when it was written)
 
 Path components are percent-encoded, so any model name (a plugin path with slashes, say)
-is one group. Why the file is never corrupted: a write never touches the live file. It
-copies the stored cells (h5py `copy`, no decoding) and the new one into `<file>.tmp-<pid>`,
-fsyncs it and `os.replace`s it over the live file, so a kill -9 at any instant leaves
-either the old or the new complete file. Writers take an exclusive `fcntl` lock on
-`<file>.lock`; a second run on the same file waits briefly, then stops with a clear error.
+is one group. Why a write costs O(the cell) and a crash never corrupts: a write never
+touches the compacted file. It writes the cell alone into `<file>.journal/.tmp-<pid>-<name>`,
+fsyncs it and `os.replace`s it to its entry name (a hash of the cell's path), so a kill -9
+at any instant leaves either no entry or a complete one (the commit). Readers merge the
+journal over the compacted file (a journal entry is newer). `compact()`, run when a
+writer's block ends, copies both (h5py `copy`, no decoding) into `<file>.tmp-<pid>`, fsyncs
+and replaces the file, then deletes the entries it took in: O(the store) once per run, not
+once per cell; a kill during compaction leaves the old file and the journal, which still
+read the same. Writers take an exclusive `fcntl` lock on `<file>.lock`; a second run on
+the same file waits briefly, then stops with a clear error. Files of format 1 (no journal,
+no summaries) read unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -33,11 +43,13 @@ import numpy as np
 
 from benchmark.budget import budget_label
 from benchmark.errors import StoreError
-from benchmark.store.cell import PER_IMAGE_FIELDS, CellKey, CellResult
+from benchmark.store.cell import PER_IMAGE_FIELDS, CellKey, CellResult, StoredCell
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: journal beside the file, summaries, index; 1 reads as is
+INDEX = "index"  # one JSON header per cell, written by compaction (format 2)
 LOCK_TIMEOUT_S = 10.0
 _STR = h5py.string_dtype("utf-8")
+_TMP = ".tmp-"
 
 
 def cell_path(key: CellKey) -> str:
@@ -60,18 +72,25 @@ def _json_default(obj: Any) -> Any:
 
 
 class ResultStore:
-    """Reads and atomically extends one results file."""
+    """Reads and extends one results file (and its journal)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.journal = self.path.with_name(self.path.name + ".journal")
         self._lock_fh: Any = None
 
     # -- locking -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def writer(self, timeout: float = LOCK_TIMEOUT_S) -> Iterator[ResultStore]:
-        """Hold the store's write lock for a whole run (other runs on this file are refused)."""
+    def writer(
+        self, timeout: float = LOCK_TIMEOUT_S, compact: bool = True
+    ) -> Iterator[ResultStore]:
+        """Hold the store's write lock for a whole run (other runs on this file are refused).
+
+        On entry, temporary files left by a killed writer are removed (the lock says no
+        other writer is alive); on a normal exit the journal is compacted into the file.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = open(self.lock_path, "a+")  # noqa: SIM115  (held for the block)
@@ -92,87 +111,198 @@ class ResultStore:
                 time.sleep(0.1)
         self._lock_fh = fh
         try:
+            self._remove_stale_tmp()
             yield self
+            if compact:
+                self.compact()
         finally:
             self._lock_fh = None
             fcntl.flock(fh, fcntl.LOCK_UN)
             fh.close()
 
+    def _remove_stale_tmp(self) -> None:
+        stale = list(self.path.parent.glob(f"{glob_escape(self.path.name)}{_TMP}*"))
+        if self.journal.is_dir():
+            stale += list(self.journal.glob(f"{_TMP}*"))
+        for p in stale:
+            with contextlib.suppress(OSError):
+                p.unlink()
+
     # -- reading -------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _open_read(self) -> Iterator[h5py.File | None]:
+    def _entries(self) -> list[Path]:
+        """Committed journal entries (temporary files are not entries)."""
+        if not self.journal.is_dir():
+            return []
+        return sorted(p for p in self.journal.iterdir() if not p.name.startswith(_TMP))
+
+    def _groups(self) -> Iterator[tuple[Path, h5py.Group]]:
+        """(file, group) of every stored cell, a journal entry replacing the file's copy.
+
+        The journal is read first: a compaction running meanwhile replaces the file before
+        it deletes the entries it took in, so an entry gone by the time it is opened is in
+        the file opened after it.
+        """
+        seen: set[str] = set()
+        for entry in self._entries():
+            try:
+                fh = _open_results(entry)
+            except FileNotFoundError:
+                continue
+            with fh:
+                for group in _cell_groups(fh.get("cells")):
+                    seen.add(group.name)
+                    yield entry, group
         if not self.path.exists():
-            yield None
             return
-        try:
-            fh = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise StoreError(f"{self.path} is not a readable results file: {exc}") from exc
-        with fh:
-            version = fh.attrs.get("format_version")
-            if version is None or int(version) > FORMAT_VERSION:
-                raise StoreError(
-                    f"{self.path}: not a results file of this benchmark (format {version!r})"
-                )
-            yield fh
+        with _open_results(self.path) as fh:
+            for group in _cell_groups(fh.get("cells")):
+                if group.name not in seen:
+                    yield self.path, group
+
+    def _headers(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """(file, header) of every stored cell, as `_groups` but without opening groups where
+        the file has an index (a compacted file of format 2: one JSON text per cell)."""
+        seen: set[str] = set()
+        for entry in self._entries():
+            try:
+                fh = _open_results(entry)
+            except FileNotFoundError:
+                continue
+            with fh:
+                for group in _cell_groups(fh.get("cells")):
+                    seen.add(group.name)
+                    yield entry, _parse_header(_header_json(group))
+        if not self.path.exists():
+            return
+        with _open_results(self.path) as fh:
+            if INDEX in fh:
+                headers = (_parse_header(t) for t in fh[INDEX].asstr()[()])
+            else:  # format 1, or a file without cells
+                headers = (_parse_header(_header_json(g)) for g in _cell_groups(fh.get("cells")))
+            for header in headers:
+                if header["path"] not in seen:
+                    yield self.path, header
 
     def cell_index(self) -> dict[CellKey, dict[str, str]]:
         """Key -> {status, config_hash} of every stored cell, without reading arrays."""
-        out: dict[CellKey, dict[str, str]] = {}
-        with self._open_read() as fh:
-            if fh is None or "cells" not in fh:
-                return out
-            for group in _cell_groups(fh["cells"]):
-                key = _key_from_attrs(group)
-                out[key] = {
-                    "status": str(group.attrs["status"]),
-                    "config_hash": str(group.attrs.get("config_hash", "")),
-                }
-        return out
+        return {
+            h["key"]: {"status": h["status"], "config_hash": h["config_hash"]}
+            for _, h in self._headers()
+        }
 
     def read_cells(self) -> list[CellResult]:
-        with self._open_read() as fh:
-            if fh is None or "cells" not in fh:
-                return []
-            return [_read_cell(g) for g in _cell_groups(fh["cells"])]
+        """Every stored cell with its arrays, in cell-path order."""
+        cells = [(g.name, _read_cell(g)) for _, g in self._groups()]
+        return [c for _, c in sorted(cells, key=lambda t: t[0])]
+
+    def read_stored(self) -> list[StoredCell]:
+        """Every stored cell's header; arrays are read when asked (`StoredCell`)."""
+        cells = [(h["path"], _stored_cell(self, f, h)) for f, h in self._headers()]
+        return [c for _, c in sorted(cells, key=lambda t: t[0])]
+
+    def _load(self, source: Path, name: str) -> CellResult:
+        """One cell's arrays; a journal entry compacted meanwhile is read from the file."""
+        for path in (source, self.path) if source != self.path else (source,):
+            try:
+                fh = _open_results(path)
+            except FileNotFoundError:
+                continue
+            with fh:
+                if name in fh:
+                    return _read_cell(fh[name])
+        raise StoreError(f"{self.path}: cell {unquote(name)} is gone (file changed while read)")
 
     # -- writing -------------------------------------------------------------------------
 
-    def write_cell(self, cell: CellResult, config_hash: str) -> None:
-        """Add or replace one cell; the live file is replaced atomically."""
+    def write_cell(
+        self, cell: CellResult, config_hash: str, summary: dict[str, Any] | None = None
+    ) -> None:
+        """Add or replace one cell: one journal entry, committed by an atomic rename.
+
+        Outside a `writer()` block the write takes the lock and compacts at once (a file
+        complete by itself after every call, at O(the store) a call); a run holds the
+        writer, so its writes cost O(the cell) and it compacts once, at its end."""
         if self._lock_fh is None:
             with self.writer():
-                self.write_cell(cell, config_hash)
+                self.write_cell(cell, config_hash, summary)
             return
         _check_lengths(cell)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
         target = cell_path(cell.key)
+        name = hashlib.sha1(target.encode()).hexdigest() + ".h5"
+        tmp = self.journal / f"{_TMP}{os.getpid()}-{name}"
+        try:
+            self.journal.mkdir(exist_ok=True)
+            with h5py.File(tmp, "w") as out:
+                out.attrs["format_version"] = FORMAT_VERSION
+                _write_cell(out.create_group(target), cell, config_hash, summary)
+            _commit(tmp, self.journal / name)
+        except OSError as exc:
+            _raise_write_error(self.path, tmp, exc)
+
+    def compact(self) -> None:
+        """Fold the journal into the file (needs the write lock); a no-op without entries."""
+        if self._lock_fh is None:
+            with self.writer():
+                return
+        entries = self._entries()
+        if not entries:
+            return
+        tmp = self.path.with_name(f"{self.path.name}{_TMP}{os.getpid()}")
         try:
             with h5py.File(tmp, "w") as out:
                 out.attrs["format_version"] = FORMAT_VERSION
-                with self._open_read() as old:
-                    if old is not None and "cells" in old:
-                        for group in _cell_groups(old["cells"]):
-                            if group.name.lstrip("/") != target:
-                                old.copy(
-                                    group,
-                                    out.require_group(group.parent.name),
-                                    group.name.rsplit("/", 1)[-1],
-                                )
-                _write_cell(out.create_group(target), cell, config_hash)
-                out.flush()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            _fsync_dir(self.path.parent)
+                index = []
+                for _, group in self._groups():
+                    index.append(_header_json(group))
+                    out.copy(
+                        group, out.require_group(group.parent.name), group.name.rsplit("/", 1)[-1]
+                    )
+                out.create_dataset(INDEX, data=np.array(sorted(index), dtype=object), dtype=_STR)
+            _commit(tmp, self.path)
         except OSError as exc:
+            _raise_write_error(self.path, tmp, exc)
+        for entry in entries:  # only after the file holds them
             with contextlib.suppress(OSError):
-                tmp.unlink()
-            why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise StoreError(
-                f"cannot write {self.path} ({why}); cells stored before are unchanged"
-            ) from exc
+                entry.unlink()
+        with contextlib.suppress(OSError):
+            self.journal.rmdir()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _commit(tmp: Path, target: Path) -> None:
+    """fsync `tmp`, rename it over `target` and fsync the folder: all or nothing."""
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    _fsync_dir(target.parent)
+
+
+def _raise_write_error(path: Path, tmp: Path, exc: OSError) -> None:
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+    why = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    raise StoreError(f"cannot write {path} ({why}); cells stored before are unchanged") from exc
+
+
+def _open_results(path: Path) -> h5py.File:
+    """A results file (or journal entry) opened for reading, its format checked."""
+    try:
+        fh = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if not path.exists():
+            raise FileNotFoundError(str(path)) from exc
+        raise StoreError(f"{path} is not a readable results file: {exc}") from exc
+    version = fh.attrs.get("format_version")
+    if version is None or int(version) > FORMAT_VERSION:
+        fh.close()
+        raise StoreError(f"{path}: not a results file of this benchmark (format {version!r})")
+    return fh
 
 
 def _fsync_dir(path: Path) -> None:
@@ -184,8 +314,10 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _cell_groups(root: h5py.Group) -> Iterator[h5py.Group]:
+def _cell_groups(root: h5py.Group | None) -> Iterator[h5py.Group]:
     """Every group that holds a cell (marked by its `status` attribute), in sorted order."""
+    if root is None:
+        return
     for name in sorted(root):
         item = root[name]
         if isinstance(item, h5py.Group):
@@ -209,7 +341,9 @@ def _check_lengths(cell: CellResult) -> None:
             )
 
 
-def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
+def _write_cell(
+    group: h5py.Group, cell: CellResult, config_hash: str, summary: dict[str, Any] | None
+) -> None:
     group.create_dataset("image_id", data=np.asarray(cell.image_id, dtype=object), dtype=_STR)
     for name in PER_IMAGE_FIELDS:
         group.create_dataset(name, data=np.asarray(getattr(cell, name), dtype=np.float64))
@@ -230,8 +364,70 @@ def _write_cell(group: h5py.Group, cell: CellResult, config_hash: str) -> None:
     group.attrs["attack_config"] = _json(cell.attack_config)
     group.attrs["model_info"] = _json(cell.model_info)
     group.attrs["meta"] = _json(cell.meta)
+    if summary is not None:
+        # in its own order: the order of a leaderboard's columns
+        group.attrs["summary"] = json.dumps(summary, default=_json_default)
     if cell.example_delta is not None:
         group.create_dataset("example_delta", data=np.asarray(cell.example_delta, dtype=np.uint8))
+
+
+_RAW_JSON_ATTRS = ("key", "model_info", "attack_config", "meta")
+_TEXT_ATTRS = ("status", "gradient", "reason", "config_hash")
+
+
+def _header_json(group: h5py.Group) -> str:
+    """A cell's header (its attributes, array length, example flag) as one JSON text, built
+    from the stored JSON attributes without parsing them: one entry of the file's index."""
+    a = group.attrs
+    parts = [f'"path":{json.dumps(group.name)}']
+    parts += [f'"{k}":{a[k]}' for k in _RAW_JSON_ATTRS]
+    parts += [f'"{k}":{json.dumps(str(a.get(k, "")))}' for k in _TEXT_ATTRS]
+    parts.append(f'"summary":{a.get("summary", "null")}')
+    parts.append(f'"n_images":{int(group["image_id"].shape[0])}')
+    parts.append(f'"has_example":{"true" if "example_delta" in group else "false"}')
+    return "{" + ",".join(parts) + "}"
+
+
+def _parse_header(text: str | bytes) -> dict[str, Any]:
+    h = json.loads(text)
+    k = h["key"]
+    h["key"] = CellKey(k["model"], k["dataset"], k["attack"], float(k["eps"]), k["direction"])
+    return h
+
+
+def _header_fields(group: h5py.Group) -> dict[str, Any]:
+    a = group.attrs
+    summary = a.get("summary")
+    return {
+        "key": _key_from_attrs(group),
+        "status": str(a["status"]),
+        "model_info": json.loads(a["model_info"]),
+        "attack_config": json.loads(a["attack_config"]),
+        "gradient": str(a["gradient"]),
+        "reason": str(a["reason"]),
+        "meta": json.loads(a["meta"]),
+        "summary": json.loads(summary) if summary is not None else None,
+    }
+
+
+def _stored_cell(store: ResultStore, source: Path, h: dict[str, Any]) -> StoredCell:
+    name = h["path"]
+    try:
+        return StoredCell(
+            key=h["key"],
+            status=h["status"],
+            gradient=h["gradient"],
+            reason=h["reason"],
+            model_info=h["model_info"],
+            attack_config=h["attack_config"],
+            meta=h["meta"],
+            summary=h["summary"],
+            n_images=int(h["n_images"]),
+            has_example=bool(h["has_example"]),
+            loader=lambda: store._load(source, name),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreError(f"cell {unquote(name)} is malformed: {exc}") from exc
 
 
 def _read_cell(group: h5py.Group) -> CellResult:
@@ -241,14 +437,8 @@ def _read_cell(group: h5py.Group) -> CellResult:
             [s.decode() if isinstance(s, bytes) else s for s in group["image_id"][()]], dtype=object
         )
         return CellResult(
-            key=_key_from_attrs(group),
-            status=str(group.attrs["status"]),  # type: ignore[arg-type]
+            **_header_fields(group),
             image_id=ids,
-            model_info=json.loads(group.attrs["model_info"]),
-            attack_config=json.loads(group.attrs["attack_config"]),
-            gradient=str(group.attrs["gradient"]),  # type: ignore[arg-type]
-            reason=str(group.attrs["reason"]),
-            meta=json.loads(group.attrs["meta"]),
             example_delta=group["example_delta"][()] if "example_delta" in group else None,
             **arrays,
         )
@@ -256,12 +446,18 @@ def _read_cell(group: h5py.Group) -> CellResult:
         raise StoreError(f"cell {unquote(group.name)} is malformed: {exc}") from exc
 
 
-def read_results(paths: list[str | os.PathLike[str]]) -> list[CellResult]:
-    """Cells of several result files (a later file's cell replaces an earlier one's)."""
-    cells: dict[CellKey, CellResult] = {}
+def read_results(
+    paths: list[str | os.PathLike[str]], lazy: bool = False
+) -> list[CellResult] | list[StoredCell]:
+    """Cells of several result files (a later file's cell replaces an earlier one's).
+
+    `lazy`: headers only (`StoredCell`, arrays read on access), for views of many cells.
+    """
+    cells: dict[CellKey, Any] = {}
     for p in paths:
-        if not Path(p).is_file():
+        if not Path(p).is_file() and not ResultStore(p).journal.is_dir():
             raise StoreError(f"results file not found: {p}")
-        for cell in ResultStore(p).read_cells():
+        store = ResultStore(p)
+        for cell in store.read_stored() if lazy else store.read_cells():
             cells[cell.key] = cell
     return list(cells.values())
