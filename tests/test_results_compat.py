@@ -29,8 +29,10 @@ def normalised_html(text: str) -> str:
     return re.sub(r"(<th>report generated</th><td>)[^<]*", r"\1TIME", text)
 
 
-def test_old_results_file_renders_the_same_leaderboard(tmp_path: Path) -> None:
-    cells = read_results([str(DATA / "premove.h5")])
+@pytest.mark.parametrize("lazy", [False, True], ids=["arrays", "headers"])
+def test_old_results_file_renders_the_same_leaderboard(tmp_path: Path, lazy: bool) -> None:
+    """Format 1 (no index, no summaries) read whole or as lazy headers, as `leaderboard` does."""
+    cells = read_results([str(DATA / "premove.h5")], lazy=lazy)
     assert len(cells) == 10
     tables = build_tables(cells)
     assert terminal_table(cells, tables=tables) + "\n" == (DATA / "terminal.txt").read_text()
