@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -411,15 +412,15 @@ def fit_attack(ctx: GroupContext, attack: Attack) -> None:
 CellSink = Callable[[CellResult, str], None]
 
 
-def run_group(
+def iter_group(
     cfg: RunConfig,
     model_name: str,
     cells: list[tuple[CellKey, Attack]],
-    sink: CellSink,
     progress: bool = True,
     dataset: IQADataset | None = None,
-) -> None:
-    """Build one model (and the dataset unless given), then run and hand over each of its cells."""
+) -> Iterator[tuple[CellResult, str]]:
+    """Build one model (and the dataset unless given), then yield each of its cells with its
+    config hash as it finishes (what a Ray group task streams back to the driver)."""
     keep_freed_memory()  # here, so that Ray workers (which do not pass through `run`) get it too
     model = create_model(model_name, cfg.device)
     if dataset is None:
@@ -431,7 +432,21 @@ def run_group(
     try:
         ctx.resolve_batch_size()
         for key, attack in cells:
-            sink(run_cell(ctx, key, attack, progress), config_hash(cfg, attack))
+            yield run_cell(ctx, key, attack, progress), config_hash(cfg, attack)
     finally:
         del ctx, model, source
         release_freed_memory()
+
+
+def run_group(
+    cfg: RunConfig,
+    model_name: str,
+    cells: list[tuple[CellKey, Attack]],
+    sink: CellSink,
+    progress: bool = True,
+    dataset: IQADataset | None = None,
+) -> None:
+    """Build one model (and the dataset unless given), then run and hand over each of its cells."""
+    with closing(iter_group(cfg, model_name, cells, progress, dataset)) as finished:
+        for cell, chash in finished:
+            sink(cell, chash)
