@@ -193,17 +193,20 @@ def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
     cells = tables.cells
     if cells.empty:
         return []
+    cols = ["attack", "model", "outcome", "outcome_reason", "effect", "abs_gain",
+            "abs_gain_low", "abs_gain_high", "mean_psnr", "eps_label"]  # fmt: skip
     out = []
     for (dataset, norm, _eps, direction), group in cells.groupby(GROUP_KEYS, sort=True):
-        attacks = sorted(group["attack"].astype(str).unique())
-        counted = group[group["outcome"] == "counted"]["effect"].abs()
-        scale = float(counted.max()) if len(counted) and counted.max() > 0 else 1.0
+        records = group[cols].to_dict("records")
+        attacks = sorted({str(r["attack"]) for r in records})
+        counted = [abs(r["effect"]) for r in records if r["outcome"] == "counted"]
+        scale = max(counted) if counted and max(counted) > 0 else 1.0
+        by_cell = {(str(r["model"]), str(r["attack"])): r for r in records}
         rows = []
-        for model, mg in group.groupby("model", sort=True):
-            by_attack = {str(r["attack"]): r for r in mg.to_dict("records")}
+        for model in sorted({str(r["model"]) for r in records}):
             row_cells = []
             for a in attacks:
-                r = by_attack.get(a)
+                r = by_cell.get((model, a))
                 if r is None:
                     row_cells.append({"text": "", "colour": "#fff", "title": "not run"})
                 elif r["outcome"] != "counted":
@@ -218,8 +221,8 @@ def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
                         {"text": fmt_ci(r["abs_gain"], r["abs_gain_low"], r["abs_gain_high"], 3),
                          "colour": red, "title": f"PSNR {fmt_num(r['mean_psnr'], 2)} dB"}
                     )  # fmt: skip
-            rows.append({"model": str(model), "cells": row_cells})
-        title = f"{dataset} | {threat_label(norm, group['eps_label'].iloc[0])} | {direction}"
+            rows.append({"model": model, "cells": row_cells})
+        title = f"{dataset} | {threat_label(norm, records[0]['eps_label'])} | {direction}"
         out.append({"title": title, "attacks": attacks, "rows": rows})
     return out
 

@@ -142,14 +142,21 @@ def _model_rows(
         .drop_duplicates(["model", "dataset"])
         .set_index(["model", "dataset"])
     )
+    clean_of = dict(zip(best_clean.index, best_clean[_CLEAN_COLS].to_dict("records"), strict=True))
+    # plain records grouped in Python: a pandas group per model and threat costs milliseconds,
+    # which thousands of groups turn into minutes
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for rec in cells.to_dict("records"):
+        groups.setdefault(tuple(rec[k] for k in [*GROUP_KEYS, "model"]), []).append(rec)
     rows = []
-    for key, group in cells.groupby(GROUP_KEYS + ["model"], sort=True, dropna=False):
+    for key in sorted(groups):
+        group = groups[key]
         dataset, norm, eps, direction, model = key
-        first = group.iloc[0]
-        counted = group[group["outcome"] == "counted"]
-        n_na = int((group["outcome"] == "not_applicable").sum())
-        n_failed = int((group["outcome"] == "failed").sum())
-        gradient = "none" if (group["gradient"] == "none").any() else "ok"
+        first = group[0]
+        counted = [r for r in group if r["outcome"] == "counted"]
+        n_na = sum(r["outcome"] == "not_applicable" for r in group)
+        n_failed = sum(r["outcome"] == "failed" for r in group)
+        gradient = "none" if any(r["gradient"] == "none" for r in group) else "ok"
         row: dict[str, Any] = {
             "dataset": dataset,
             "norm": norm,
@@ -164,15 +171,12 @@ def _model_rows(
             "n_attacks_run": len(counted),
             "n_not_applicable": n_na,
             "n_failed": n_failed,
-            "attacks": ", ".join(sorted(group["attack"].astype(str))),
+            "attacks": ", ".join(sorted(str(r["attack"]) for r in group)),
         }
-        clean = best_clean.loc[(model, dataset)]
-        row.update({c: clean[c] for c in _CLEAN_COLS})
+        row.update(clean_of[(model, dataset)])
         notes = [f"attacker: {first['adaptive']}"] if first.get("adaptive") else []
-        if len(counted):
-            worst = counted.sort_values(
-                ["effect", "attack"], ascending=[False, True], kind="stable"
-            ).iloc[0]
+        if counted:
+            worst = min(counted, key=lambda r: (-r["effect"], str(r["attack"])))
             row.update({dst: worst[src] for src, dst in _WORST_COLS.items()})
             row["ranked"] = True
             row["reason"] = ""
@@ -185,13 +189,13 @@ def _model_rows(
         else:
             row.update({dst: np.nan for dst in _WORST_COLS.values()})
             row["worst_attack"] = ""
-            row["n_images"] = int(group["n_images"].max())
+            row["n_images"] = int(max(r["n_images"] for r in group))
             row["ranked"] = False
             if gradient == "none" and n_na:
                 reason = NO_GRADIENT_REASON
             elif n_na:
                 reasons = sorted(
-                    set(group.loc[group["outcome"] == "not_applicable", "outcome_reason"])
+                    {r["outcome_reason"] for r in group if r["outcome"] == "not_applicable"}
                 )
                 reason = "not applicable: " + "; ".join(reasons)
             else:
