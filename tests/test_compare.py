@@ -120,6 +120,28 @@ def test_iterations_that_find_less_than_one_step_are_flagged():
     assert failing_iterations([fgsm, working]) == {}
 
 
+def test_iterations_are_judged_in_the_attacks_direction():
+    """Attacking down, iterations that push the score further down work; ones that push it
+    less far down fail (the rule read in quality-up units would say the opposite)."""
+    from benchmark.report.sanity import failing_iterations
+
+    rng = np.random.default_rng(0)
+    one = -rng.uniform(0.03, 0.05, 40)
+    cells = {
+        name: _attack_cell(name, steps, gains)
+        for name, steps, gains in (
+            ("fgsm", None, one),
+            ("pgd", 20, one - 0.02 + rng.normal(0, 0.002, 40)),
+            ("ifgsm", 10, one + 0.01 + rng.normal(0, 0.002, 40)),
+        )
+    }
+    for c in cells.values():
+        c.key = CellKey("def", "d", c.key.attack, 4 / 255, "down")
+    assert failing_iterations([cells["fgsm"], cells["pgd"]]) == {}
+    ((_, (warning,)),) = failing_iterations(list(cells.values())).items()
+    assert "ifgsm (10 steps, -0.010)" in warning and "pgd" not in warning
+
+
 def test_masking_warning_reads_the_shared_gradient_rule():
     """An old file's square cell records no `gradient_free`: compare must still see a
     gradient-free attack beating the gradient ones (the rule the leaderboard uses)."""

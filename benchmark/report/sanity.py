@@ -39,6 +39,7 @@ def _surely_not_less(one: Cell, many: Cell, gains: dict[CellKey, Any]) -> bool:
     mean gains, and a 95% CI cannot lie above zero when that mean is not above it.
     """
     a, b = gains.get(one.key), gains.get(many.key)
+    sign = -1.0 if one.key.direction == "down" else 1.0  # an attack down lowers the score
     if a is None or b is None:
         return False
     same_images = all(one.meta.get(k) == many.meta.get(k) for k in ("split", "limit", "sample"))
@@ -46,7 +47,7 @@ def _surely_not_less(one: Cell, many: Cell, gains: dict[CellKey, Any]) -> bool:
         same_images
         and a["n_dropped"] == 0 == b["n_dropped"]
         and a["n_pairs"] == len(one) == len(many) == b["n_pairs"]
-        and a["abs_gain"] <= b["abs_gain"]
+        and sign * a["abs_gain"] <= sign * b["abs_gain"]
     )
 
 
@@ -80,7 +81,9 @@ def failing_iterations(
             for steps, many in members:
                 if steps <= 1 or _surely_not_less(one, many, gains):
                     continue
-                diff, (low, _), _, n = paired_difference(one.load(), many.load())
+                diff, (low, high), _, n = paired_difference(one.load(), many.load())
+                if one.key.direction == "down":  # there "less" means less negative
+                    diff, low = -diff, -high
                 if n and low > 0:
                     losers.append(f"{many.key.attack} ({steps} steps, -{diff:.3f})")
             if losers:
