@@ -125,6 +125,7 @@ def make_cell(key: CellKey, arrays: dict[str, np.ndarray]) -> CellResult:
             "norm": "linf",
             "family": "gradient",
             "params": {"steps": 1 if key.attack == "fgsm" else 10},
+            **FAMILY.get(key.attack, {}),
         },  # fmt: skip
         meta=META,
         **arrays,
