@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -128,16 +129,91 @@ def fitted(attack_name: str, model: IQAModel, x: torch.Tensor, artifact_dir: Pat
     return attack
 
 
-def group(model: IQAModel, data: IQADataset, size: int, device: str) -> GroupContext:
+def group(
+    model: IQAModel, data: IQADataset, size: int, device: str, train: bool = True
+) -> GroupContext:
     """The model's group context at one batch size, set up once as `run_group` does: its
     cells share the decoded images, the clean scores (computed once per run) and the opened
-    train split, so none of these one-off costs is timed per cell."""
+    train split, so none of these one-off costs is timed per cell. `train=False` (no trained
+    attack timed) leaves the train split unopened: it is the built-in dataset's, which would
+    otherwise be generated on a machine without it."""
     ctx = GroupContext(model, data, RunConfig((model.name,), (), batch_size=size, device=device))
     ctx.resolve_batch_size()
     ctx.gradient_ok = True
     ctx.clean = dict.fromkeys(data.ids(), 0.0)
-    ctx.train_split()
+    if train:
+        ctx.train_split()
     return ctx
+
+
+def measure(
+    images: int = 32,
+    size: int = 192,
+    repeats: int = 3,
+    device: str = "cpu",
+    batch_size: str = "auto",
+    attacks: str = "fgsm,ifgsm,pgd,uap,facpa",
+    model_names: Sequence[str] | None = None,
+) -> list[dict[str, object]]:
+    """Print the throughput table (the lines `main` prints) and return its rows.
+
+    `model_names` keeps only those of `models(device)` (None: all of them)."""
+    torch.manual_seed(0)
+    allocator = "runner's" if keep_freed_memory() else "glibc default"
+    data = MemoryDataset(images, size)
+    x_all = data.images.to(device)
+    fixed = parse_batch_size(batch_size)
+    print(f"device {device}, {torch.get_num_threads()} threads, {images} images "
+          f"{size}x{size}, batch {batch_size}, median of {repeats}, "
+          f"allocator {allocator}")  # fmt: skip
+    print(f"{'model':<22}{'attack':<8}{'batch':>6}{'floor s':>9}{'runner s':>10}{'per-img s':>11}"
+          f"{'run/floor':>11}{'img/run':>9}")  # fmt: skip
+    speedups, ratios, rows = [], [], []
+    artifact_dir = Path(tempfile.mkdtemp(prefix="throughput-artifacts-"))
+    for name, model in models(device).items():
+        if model_names is not None and name not in model_names:
+            continue
+        if fixed is None:
+            choice = choose_batch_size(model, x_all[:4], max_size=images)
+            batch = choice.size
+            probe = ", ".join(f"{k}: {v:.1f}" for k, v in choice.per_image_ms.items())
+            print(f"{name}: batch {batch} ({choice.why}; ms/image fwd+bwd by size: {probe})")
+        else:
+            batch = fixed
+        names = attacks.split(",")
+        train = any(create_attack(a).info.trainable for a in names)
+        batched, single = (group(model, data, size, device, train) for size in (batch, 1))
+        for attack_name in names:
+            attack = fitted(attack_name, model, x_all, artifact_dir)
+
+            def cell(ctx: GroupContext, attack=attack) -> None:
+                key = CellKey(ctx.model.name, "memory", attack.info.name, attack.eps)
+                run_cell(ctx, key, attack, progress=False)
+
+            def floor(model=model, attack=attack, batch=batch) -> None:
+                for i in range(0, images, batch):
+                    x = x_all[i : i + batch]
+                    if isinstance(attack, TrainedAttack):
+                        trained_floor(model, attack, x)
+                    else:
+                        gradient_floor(model, x, getattr(attack, "steps", 1))
+
+            t_floor = timed(floor, repeats, device)
+            t_run = timed(lambda c=batched: cell(c), repeats, device)
+            t_one = timed(lambda c=single: cell(c), max(1, repeats - 1), device)
+            speedups.append(t_one / t_run)
+            ratios.append(t_run / t_floor)
+            rows.append({"model": name, "attack": attack_name, "batch": batch, "floor_s": t_floor,
+                         "runner_s": t_run, "per_image_s": t_one})  # fmt: skip
+            print(f"{name:<22}{attack_name:<8}{batch:>6}{t_floor:>9.2f}{t_run:>10.2f}{t_one:>11.2f}"
+                  f"{t_run / t_floor:>11.2f}{t_one / t_run:>9.2f}")  # fmt: skip
+    shutil.rmtree(artifact_dir, ignore_errors=True)
+    gmean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
+    print(
+        f"runner/floor: max {max(ratios):.2f}, median {statistics.median(ratios):.2f} (target <= 1.3)"
+    )
+    print(f"geometric mean per-image/runner speed-up: {gmean:.2f}x (target >= 2.5)")
+    return rows
 
 
 def main() -> None:
@@ -149,55 +225,7 @@ def main() -> None:
     p.add_argument("--batch-size", default="auto", help="auto (as the runner) or a number")
     p.add_argument("--attacks", default="fgsm,ifgsm,pgd,uap,facpa")
     args = p.parse_args()
-    torch.manual_seed(0)
-    allocator = "runner's" if keep_freed_memory() else "glibc default"
-    data = MemoryDataset(args.images, args.size)
-    x_all = data.images.to(args.device)
-    fixed = parse_batch_size(args.batch_size)
-    print(f"device {args.device}, {torch.get_num_threads()} threads, {args.images} images "
-          f"{args.size}x{args.size}, batch {args.batch_size}, median of {args.repeats}, "
-          f"allocator {allocator}")  # fmt: skip
-    print(f"{'model':<22}{'attack':<8}{'batch':>6}{'floor s':>9}{'runner s':>10}{'per-img s':>11}"
-          f"{'run/floor':>11}{'img/run':>9}")  # fmt: skip
-    speedups, ratios = [], []
-    artifact_dir = Path(tempfile.mkdtemp(prefix="throughput-artifacts-"))
-    for name, model in models(args.device).items():
-        if fixed is None:
-            choice = choose_batch_size(model, x_all[:4], max_size=args.images)
-            batch = choice.size
-            probe = ", ".join(f"{k}: {v:.1f}" for k, v in choice.per_image_ms.items())
-            print(f"{name}: batch {batch} ({choice.why}; ms/image fwd+bwd by size: {probe})")
-        else:
-            batch = fixed
-        batched, single = (group(model, data, size, args.device) for size in (batch, 1))
-        for attack_name in args.attacks.split(","):
-            attack = fitted(attack_name, model, x_all, artifact_dir)
-
-            def cell(ctx: GroupContext, attack=attack) -> None:
-                key = CellKey(ctx.model.name, "memory", attack.info.name, attack.eps)
-                run_cell(ctx, key, attack, progress=False)
-
-            def floor(model=model, attack=attack, batch=batch) -> None:
-                for i in range(0, args.images, batch):
-                    x = x_all[i : i + batch]
-                    if isinstance(attack, TrainedAttack):
-                        trained_floor(model, attack, x)
-                    else:
-                        gradient_floor(model, x, getattr(attack, "steps", 1))
-
-            t_floor = timed(floor, args.repeats, args.device)
-            t_run = timed(lambda c=batched: cell(c), args.repeats, args.device)
-            t_one = timed(lambda c=single: cell(c), max(1, args.repeats - 1), args.device)
-            speedups.append(t_one / t_run)
-            ratios.append(t_run / t_floor)
-            print(f"{name:<22}{attack_name:<8}{batch:>6}{t_floor:>9.2f}{t_run:>10.2f}{t_one:>11.2f}"
-                  f"{t_run / t_floor:>11.2f}{t_one / t_run:>9.2f}")  # fmt: skip
-    shutil.rmtree(artifact_dir, ignore_errors=True)
-    gmean = math.exp(sum(math.log(s) for s in speedups) / len(speedups))
-    print(
-        f"runner/floor: max {max(ratios):.2f}, median {statistics.median(ratios):.2f} (target <= 1.3)"
-    )
-    print(f"geometric mean per-image/runner speed-up: {gmean:.2f}x (target >= 2.5)")
+    measure(args.images, args.size, args.repeats, args.device, args.batch_size, args.attacks)
 
 
 if __name__ == "__main__":
