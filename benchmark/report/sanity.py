@@ -36,10 +36,10 @@ def _surely_not_less(one: Cell, many: Cell, gains: dict[CellKey, Any]) -> bool:
     Why: the paired bootstrap reads both cells' arrays; on a leaderboard of thousands of
     cells it is run only where it can find something. With every image scored in both
     cells (same split, limit and sample, none dropped) the paired mean difference is the difference of the
-    mean gains, and a 95% CI cannot lie above zero when that mean is not above it.
+    mean gains, and a 95% CI cannot lie above zero when that mean is not above it (`effect`:
+    the gain signed by the attack's direction).
     """
     a, b = gains.get(one.key), gains.get(many.key)
-    sign = -1.0 if one.key.direction == "down" else 1.0  # an attack down lowers the score
     if a is None or b is None:
         return False
     same_images = all(one.meta.get(k) == many.meta.get(k) for k in ("split", "limit", "sample"))
@@ -47,7 +47,7 @@ def _surely_not_less(one: Cell, many: Cell, gains: dict[CellKey, Any]) -> bool:
         same_images
         and a["n_dropped"] == 0 == b["n_dropped"]
         and a["n_pairs"] == len(one) == len(many) == b["n_pairs"]
-        and sign * a["abs_gain"] <= sign * b["abs_gain"]
+        and a["effect"] <= b["effect"]
     )
 
 
@@ -64,10 +64,10 @@ def failing_iterations(
     """
     gains: dict[CellKey, Any] = {}
     if summaries is not None and len(summaries):
-        for row in summaries[["model", "dataset", "attack", "eps", "direction", "abs_gain",
+        for row in summaries[["model", "dataset", "attack", "eps", "direction", "effect",
                               "n_dropped", "n_pairs"]].itertuples(index=False):  # fmt: skip
             key = CellKey(row.model, row.dataset, row.attack, float(row.eps), row.direction)
-            gains[key] = {"abs_gain": row.abs_gain, "n_dropped": row.n_dropped,
+            gains[key] = {"effect": row.effect, "n_dropped": row.n_dropped,
                           "n_pairs": row.n_pairs}  # fmt: skip
     groups: dict[CellGroup, list[tuple[int, Cell]]] = defaultdict(list)
     for cell in cells:

@@ -17,7 +17,7 @@ Conventions that hold for every function here:
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -489,10 +489,6 @@ def adaptive_attack_note(extra: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-_CLEAN_CACHE: dict[bytes, tuple[LogisticFit, dict[str, Any], str]] = {}
-_CLEAN_CACHE_SIZE = 16
-
-
 def _clean_statistics(
     q: np.ndarray, mos: np.ndarray, has_mos: bool, n_boot: int, seed: int
 ) -> tuple[LogisticFit, dict[str, Any], str]:
@@ -502,18 +498,19 @@ def _clean_statistics(
     half of a cell's scoring time (a logistic fit and three bootstraps); the result is a
     function of the inputs alone, so a repeat is looked up, not recomputed.
     """
-    key = hashlib.sha1(
-        q.tobytes() + mos.tobytes() + f"{has_mos},{n_boot},{seed},{q.size}".encode()
-    ).digest()
-    hit = _CLEAN_CACHE.get(key)
-    if hit is None:
-        fit = fit_logistic(q, mos) if has_mos else LogisticFit(None, True, "no MOS")
-        corr, issue = _correlations("clean", q, mos, fit, n_boot, seed)
-        if len(_CLEAN_CACHE) >= _CLEAN_CACHE_SIZE:
-            _CLEAN_CACHE.pop(next(iter(_CLEAN_CACHE)))
-        hit = _CLEAN_CACHE[key] = (fit, corr, issue)
-    fit, corr, issue = hit
+    q64, mos64 = np.asarray(q, dtype=np.float64), np.asarray(mos, dtype=np.float64)
+    fit, corr, issue = _clean_statistics_of(q64.tobytes(), mos64.tobytes(), has_mos, n_boot, seed)
     return fit, dict(corr), issue
+
+
+@functools.lru_cache(maxsize=16)
+def _clean_statistics_of(
+    q: bytes, mos: bytes, has_mos: bool, n_boot: int, seed: int
+) -> tuple[LogisticFit, dict[str, Any], str]:
+    qa, mosa = np.frombuffer(q), np.frombuffer(mos)
+    fit = fit_logistic(qa, mosa) if has_mos else LogisticFit(None, True, "no MOS")
+    corr, issue = _correlations("clean", qa, mosa, fit, n_boot, seed)
+    return fit, corr, issue
 
 
 def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

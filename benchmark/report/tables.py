@@ -36,6 +36,7 @@ from benchmark.report import scores
 from benchmark.report.sanity import CellGroup, failing_iterations
 from benchmark.report.scores import summarize_cell
 from benchmark.store.cell import Cell
+from benchmark.store.hdf5 import json_default
 
 GROUP_KEYS = ["dataset", "norm", "eps", "direction"]
 FAILING_ITERATIONS_NOTE = (
@@ -70,15 +71,7 @@ def cell_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any
     out = summarize_cell(cell, n_boot=n_boot, seed=seed)
     out["summary_of"] = {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}
     # as it reads back from the file, so a fresh and a stored summary render the same
-    return json.loads(json.dumps(out, default=_plain))
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray | tuple):
-        return list(obj)
-    raise TypeError(f"not JSON-serialisable in a cell summary: {type(obj).__name__}")
+    return json.loads(json.dumps(out, default=json_default))
 
 
 def stored_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

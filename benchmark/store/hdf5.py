@@ -29,13 +29,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 import h5py
@@ -49,6 +50,7 @@ FORMAT_VERSION = 2  # 2: journal beside the file, summaries, index; 1 reads as i
 INDEX = "index"  # one JSON header per cell, written by compaction (format 2)
 LOCK_TIMEOUT_S = 10.0
 _STR = h5py.string_dtype("utf-8")
+T = TypeVar("T")
 _TMP = ".tmp-"
 
 
@@ -58,10 +60,12 @@ def cell_path(key: CellKey) -> str:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=_json_default)
+    return json.dumps(value, sort_keys=True, default=json_default)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """JSON for numpy values, tuples and paths (repr otherwise): for store attributes and
+    the per-cell summaries, so a summary reads back as it was made."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray | tuple):
@@ -121,7 +125,7 @@ class ResultStore:
             fh.close()
 
     def _remove_stale_tmp(self) -> None:
-        stale = list(self.path.parent.glob(f"{glob_escape(self.path.name)}{_TMP}*"))
+        stale = list(self.path.parent.glob(f"{glob.escape(self.path.name)}{_TMP}*"))
         if self.journal.is_dir():
             stale += list(self.journal.glob(f"{_TMP}*"))
         for p in stale:
@@ -136,8 +140,11 @@ class ResultStore:
             return []
         return sorted(p for p in self.journal.iterdir() if not p.name.startswith(_TMP))
 
-    def _groups(self) -> Iterator[tuple[Path, h5py.Group]]:
-        """(file, group) of every stored cell, a journal entry replacing the file's copy.
+    def _merged(
+        self, items: Callable[[h5py.File], Iterator[tuple[str, T]]]
+    ) -> Iterator[tuple[Path, T]]:
+        """(file, item) of every stored cell, `items(fh)` giving (cell path, item) of one open
+        file; a journal entry replaces the file's copy.
 
         The journal is read first: a compaction running meanwhile replaces the file before
         it deletes the entries it took in, so an entry gone by the time it is opened is in
@@ -150,39 +157,22 @@ class ResultStore:
             except FileNotFoundError:
                 continue
             with fh:
-                for group in _cell_groups(fh.get("cells")):
-                    seen.add(group.name)
-                    yield entry, group
+                for name, item in items(fh):
+                    seen.add(name)
+                    yield entry, item
         if not self.path.exists():
             return
         with _open_results(self.path) as fh:
-            for group in _cell_groups(fh.get("cells")):
-                if group.name not in seen:
-                    yield self.path, group
+            for name, item in items(fh):
+                if name not in seen:
+                    yield self.path, item
+
+    def _groups(self) -> Iterator[tuple[Path, h5py.Group]]:
+        return self._merged(lambda fh: ((g.name, g) for g in _cell_groups(fh.get("cells"))))
 
     def _headers(self) -> Iterator[tuple[Path, dict[str, Any]]]:
-        """(file, header) of every stored cell, as `_groups` but without opening groups where
-        the file has an index (a compacted file of format 2: one JSON text per cell)."""
-        seen: set[str] = set()
-        for entry in self._entries():
-            try:
-                fh = _open_results(entry)
-            except FileNotFoundError:
-                continue
-            with fh:
-                for group in _cell_groups(fh.get("cells")):
-                    seen.add(group.name)
-                    yield entry, _parse_header(_header_json(group))
-        if not self.path.exists():
-            return
-        with _open_results(self.path) as fh:
-            if INDEX in fh:
-                headers = (_parse_header(t) for t in fh[INDEX].asstr()[()])
-            else:  # format 1, or a file without cells
-                headers = (_parse_header(_header_json(g)) for g in _cell_groups(fh.get("cells")))
-            for header in headers:
-                if header["path"] not in seen:
-                    yield self.path, header
+        """As `_groups`, as headers: from the file's index where it has one (format 2)."""
+        return self._merged(lambda fh: ((h["path"], h) for h in _file_headers(fh)))
 
     def cell_index(self) -> dict[CellKey, dict[str, str]]:
         """Key -> {status, config_hash} of every stored cell, without reading arrays."""
@@ -254,7 +244,7 @@ class ResultStore:
                 out.attrs["format_version"] = FORMAT_VERSION
                 index = []
                 for _, group in self._groups():
-                    index.append(_header_json(group))
+                    index.append(_header_json(group))  # what _file_headers reads back
                     out.copy(
                         group, out.require_group(group.parent.name), group.name.rsplit("/", 1)[-1]
                     )
@@ -267,10 +257,6 @@ class ResultStore:
                 entry.unlink()
         with contextlib.suppress(OSError):
             self.journal.rmdir()
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _commit(tmp: Path, target: Path) -> None:
@@ -327,11 +313,6 @@ def _cell_groups(root: h5py.Group | None) -> Iterator[h5py.Group]:
                 yield from _cell_groups(item)
 
 
-def _key_from_attrs(group: h5py.Group) -> CellKey:
-    k = json.loads(group.attrs["key"])
-    return CellKey(k["model"], k["dataset"], k["attack"], float(k["eps"]), k["direction"])
-
-
 def _check_lengths(cell: CellResult) -> None:
     n = len(cell)
     for name in PER_IMAGE_FIELDS:
@@ -366,7 +347,7 @@ def _write_cell(
     group.attrs["meta"] = _json(cell.meta)
     if summary is not None:
         # in its own order: the order of a leaderboard's columns
-        group.attrs["summary"] = json.dumps(summary, default=_json_default)
+        group.attrs["summary"] = json.dumps(summary, default=json_default)
     if cell.example_delta is not None:
         group.create_dataset("example_delta", data=np.asarray(cell.example_delta, dtype=np.uint8))
 
@@ -395,33 +376,30 @@ def _parse_header(text: str | bytes) -> dict[str, Any]:
     return h
 
 
-def _header_fields(group: h5py.Group) -> dict[str, Any]:
-    a = group.attrs
-    summary = a.get("summary")
-    return {
-        "key": _key_from_attrs(group),
-        "status": str(a["status"]),
-        "model_info": json.loads(a["model_info"]),
-        "attack_config": json.loads(a["attack_config"]),
-        "gradient": str(a["gradient"]),
-        "reason": str(a["reason"]),
-        "meta": json.loads(a["meta"]),
-        "summary": json.loads(summary) if summary is not None else None,
-    }
+def _file_headers(fh: h5py.File) -> Iterator[dict[str, Any]]:
+    """Every cell header of one open file: its index, or its groups (format 1, journal)."""
+    if INDEX in fh:
+        return (_parse_header(t) for t in fh[INDEX].asstr()[()])
+    return (_group_header(g) for g in _cell_groups(fh.get("cells")))
+
+
+def _group_header(group: h5py.Group) -> dict[str, Any]:
+    try:
+        return _parse_header(_header_json(group))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise StoreError(f"cell {unquote(group.name)} is malformed: {exc}") from exc
+
+
+# the header fields a CellResult (and a StoredCell) takes
+_CELL_HEADER = ("key", "status", "gradient", "reason", "model_info", "attack_config", "meta",
+                "summary")  # fmt: skip
 
 
 def _stored_cell(store: ResultStore, source: Path, h: dict[str, Any]) -> StoredCell:
     name = h["path"]
     try:
         return StoredCell(
-            key=h["key"],
-            status=h["status"],
-            gradient=h["gradient"],
-            reason=h["reason"],
-            model_info=h["model_info"],
-            attack_config=h["attack_config"],
-            meta=h["meta"],
-            summary=h["summary"],
+            **{k: h[k] for k in _CELL_HEADER},
             n_images=int(h["n_images"]),
             has_example=bool(h["has_example"]),
             loader=lambda: store._load(source, name),
@@ -432,12 +410,13 @@ def _stored_cell(store: ResultStore, source: Path, h: dict[str, Any]) -> StoredC
 
 def _read_cell(group: h5py.Group) -> CellResult:
     try:
+        h = _group_header(group)
         arrays = {name: group[name][()] for name in PER_IMAGE_FIELDS}
         ids = np.array(
             [s.decode() if isinstance(s, bytes) else s for s in group["image_id"][()]], dtype=object
         )
         return CellResult(
-            **_header_fields(group),
+            **{k: h[k] for k in _CELL_HEADER},
             image_id=ids,
             example_delta=group["example_delta"][()] if "example_delta" in group else None,
             **arrays,
