@@ -77,6 +77,10 @@ def test_run_stores_cells_resumes_and_renders(setup, capsys):
     assert np.isfinite(ssim.psnr).all() and (ssim.ssim < 1).all()
     assert ssim.meta["versions"]["torch_build"] == torch.__version__ and ssim.meta["seed"] == 0
     assert ssim.attack_config["resolved"]["steps"] == 3
+    # each image's source photograph (KADID: its reference) is stored for the intervals
+    refs = [str(i).split("_")[0] for i in ssim.image_id]
+    assert list(ssim.group) == refs and len(set(refs)) < len(refs)
+    assert ssim.summary["ci_unit"] == "photograph" and ssim.summary["n_groups"] == len(set(refs))
     # piqe has no usable input gradient: not applicable, never a zero gain
     assert piqe.status == "not_applicable" and piqe.gradient == "none"
     assert np.isnan(piqe.attacked).all() and np.isfinite(piqe.clean).all()

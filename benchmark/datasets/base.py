@@ -62,6 +62,11 @@ class IQADataset(ABC):
     def load(self, image_id: str) -> Sample:
         """Load one item; raises DataError naming the file when it cannot be read."""
 
+    def group(self, image_id: str) -> str:
+        """The image's content group (its source photograph or reference): images of one
+        group are not independent, so intervals resample groups. Default: its own group."""
+        return image_id
+
     def __len__(self) -> int:
         return len(self.ids())
 

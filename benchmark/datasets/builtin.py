@@ -814,6 +814,7 @@ class _Row:
     distortion: str
     level: int
     source: str
+    group: str
 
 
 class BuiltinDataset(IQADataset):
@@ -868,6 +869,7 @@ class BuiltinDataset(IQADataset):
                     distortion=row["distortion"],
                     level=int(row["level"]),
                     source=row["source"],
+                    group=row["group"],
                 )
         return rows
 
@@ -879,6 +881,9 @@ class BuiltinDataset(IQADataset):
             return self._rows[image_id]
         except KeyError:
             raise DataError(f"dataset {self.name!r} has no image {image_id!r}") from None
+
+    def group(self, image_id: str) -> str:
+        return self.row(image_id).group
 
     def load(self, image_id: str) -> Sample:
         row = self.row(image_id)

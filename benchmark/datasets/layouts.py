@@ -136,6 +136,9 @@ class CardDataset(IQADataset):
         except KeyError:
             raise DataError(f"dataset {self.name!r} has no image {image_id!r}") from None
 
+    def group(self, image_id: str) -> str:
+        return self.item(image_id).group
+
     def load(self, image_id: str) -> Sample:
         it = self.item(image_id)
         image = load_image(it.path, self.card.policy, self.card.size)

@@ -354,6 +354,7 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
         key=key,
         status=status,  # type: ignore[arg-type]
         image_id=np.array(rows["image_id"], dtype=object),
+        group=np.array([ctx.dataset.group(i) for i in rows["image_id"]], dtype=object),
         model_info=info,
         attack_config=attack_record(attack),
         gradient="none" if ctx.gradient_ok is False else "ok",

@@ -2,7 +2,9 @@
 
 The defense and the baseline run the same cells (same images, attacks, budgets, seed); the
 report pairs them image by image: the difference of absolute gains gets a paired bootstrap
-interval and p-value, so "my defense lowers the gain" is a claim with an error bar. Warnings
+interval and p-value (resampling source photographs, then images, where the images share
+photographs), so "my defense lowers the gain" is a claim with an error bar; where the
+interval contains 0 the report says "not separated" instead of naming a winner. Warnings
 flag weak evidence: few images, a gradient-free attack beating the gradient attacks (gradient
 masking), one signed-gradient step beating an iterative attack of the same kind (the
 iterations are failing: stochastic or obfuscated gradients), a non-differentiable defense seen
@@ -25,6 +27,7 @@ from benchmark.store.cell import CellResult
 
 STANDARD_ATTACKS = ("fgsm", "ifgsm", "pgd", "apgd", "square")
 FEW_IMAGES = 30
+FEW_PHOTOS = 10
 
 
 @dataclass
@@ -42,6 +45,19 @@ class AttackComparison:
     n_pairs: int
     defense_status: str
     baseline_status: str
+    n_photos: int | None = None  # source photographs, where the intervals resample them
+
+    @property
+    def verdict(self) -> str:
+        """Which side the paired interval puts lower, or that it cannot tell them apart."""
+        low, high = self.diff_ci
+        if not (np.isfinite(low) and np.isfinite(high)) or low <= 0 <= high:
+            return "not separated"
+        return "defense lower" if high < 0 else "baseline lower"
+
+    @property
+    def images_text(self) -> str:
+        return f"{self.n_pairs}" + (f" ({self.n_photos} photos)" if self.n_photos else "")
 
 
 @dataclass
@@ -95,6 +111,7 @@ def build_report(
                 n,
                 cell.status,
                 base_cell.status,
+                sd["n_groups"] if sd.get("ci_unit") == "photograph" else None,
             )  # fmt: skip
         )
     report = CompareReport(defense, baseline, rows, clean)
@@ -107,6 +124,13 @@ def build_report(
 def _warnings(report: CompareReport, defense_cells: list[CellResult]) -> list[str]:
     out = []
     n = max((len(c) for c in defense_cells), default=0)
+    photos = {r.n_photos for r in report.rows if r.n_photos}
+    if photos and min(photos) < FEW_PHOTOS:
+        out.append(
+            f"the images come from only {min(photos)} source photographs: intervals resample "
+            "photographs and are wide; where a difference's interval contains 0 the two are "
+            "not separated"
+        )
     if n < FEW_IMAGES:
         out.append(
             f"only {n} images per cell: intervals are wide, the evidence is weak (use more, e.g. --limit 200)"
@@ -162,13 +186,14 @@ def terminal_report(r: CompareReport) -> str:
         c = r.clean.get(m, {})
         lines.append(f"  clean SROCC {m}: {_fmt(c.get('srocc', np.nan), 3)} "
                      f"[{_fmt(c.get('srocc_low', np.nan), 3)}, {_fmt(c.get('srocc_high', np.nan), 3)}]")  # fmt: skip
-    head = f"  {'attack':<16}{'eps':<9}{'dir':<5}{'defense gain':>14}{'baseline gain':>15}{'diff [95% CI]':>30}{'p':>8}{'n':>6}"
+    head = f"  {'attack':<16}{'eps':<9}{'dir':<5}{'defense gain':>14}{'baseline gain':>15}{'diff [95% CI]':>30}{'p':>8}{'images':>18}  verdict"
     lines += [head, "  " + "-" * (len(head) - 2)]
     for x in r.rows:
         ci = f"{_fmt(x.diff)} [{_fmt(x.diff_ci[0])}, {_fmt(x.diff_ci[1])}]"
         lines.append(
             f"  {x.attack:<16}{x.eps_label:<9}{x.direction:<5}{_fmt(x.defense_gain):>14}"
-            f"{_fmt(x.baseline_gain):>15}{ci:>30}{_fmt(x.p_value, 3):>8}{x.n_pairs:>6}"
+            f"{_fmt(x.baseline_gain):>15}{ci:>30}{_fmt(x.p_value, 3):>8}{x.images_text:>18}"
+            f"  {x.verdict}"
         )
     lines += [f"  leaderboard: {p}" for p in r.positions]
     lines += [f"  warning: {w}" for w in r.warnings]

@@ -22,7 +22,9 @@ from benchmark.datasets.base import IQADataset
 from benchmark.errors import ConfigError, DataError, NonFiniteScore
 from benchmark.report.scores import (
     bootstrap_ci,
-    finite_pairs,
+    cluster_codes,
+    finite_mask,
+    interval_unit,
     plcc,
     plcc_logistic,
     row_pearson,
@@ -37,6 +39,7 @@ class Predictions:
     scores: np.ndarray  # (n,) float64
     mos: np.ndarray  # (n,) float64, NaN where unknown
     groups: list[str] | None  # distortion type per image, where the dataset knows it
+    photos: list[str] | None = None  # source photograph per image (the dataset's `group`)
 
 
 def distortion_of(dataset: IQADataset, image_id: str) -> str | None:
@@ -96,6 +99,7 @@ def predict(
         all_scores,
         np.concatenate(mos),
         None if any(g is None for g in groups) else [str(g) for g in groups],
+        [dataset.group(i) for i in ids],
     )
 
 
@@ -108,23 +112,30 @@ def correlation_report(
     mos: Sequence[float] | np.ndarray,
     groups: Sequence[str] | None = None,
     *,
+    photos: Sequence[str] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """SROCC, PLCC (linear and after the 4-parameter logistic) with 95% bootstrap CIs.
 
     `groups` (e.g. distortion types) adds SROCC per group; the pristine group `none`
-    is skipped because its MOS is constant by construction.
+    is skipped because its MOS is constant by construction. `photos` (each image's source
+    photograph) makes the intervals resample photographs, then images within them.
     """
-    (s, m), _ = finite_pairs(
-        np.asarray(scores, dtype=np.float64), np.asarray(mos, dtype=np.float64)
-    )
+    keep = finite_mask(np.asarray(scores, dtype=np.float64), np.asarray(mos, dtype=np.float64))
+    s = np.asarray(scores, dtype=np.float64)[keep]
+    m = np.asarray(mos, dtype=np.float64)[keep]
     if s.size < 3:
         raise DataError(f"need at least 3 images with a MOS to correlate, have {s.size}")
-    ci_s = bootstrap_ci(row_spearman, s, m, n_boot=n_boot, seed=seed)
-    ci_p = bootstrap_ci(row_pearson, s, m, n_boot=n_boot, seed=seed)
+    if photos is not None and len(photos) != keep.size:
+        raise ConfigError(f"{len(photos)} photograph labels for {keep.size} scores")
+    clusters = None if photos is None else cluster_codes(np.asarray(photos, dtype=object)[keep])
+    ci_s = bootstrap_ci(row_spearman, s, m, n_boot=n_boot, seed=seed, clusters=clusters)
+    ci_p = bootstrap_ci(row_pearson, s, m, n_boot=n_boot, seed=seed, clusters=clusters)
     report: dict[str, Any] = {
         "n": int(s.size),
+        "n_photos": None if clusters is None else int(np.unique(clusters).size),
+        "ci_unit": interval_unit(clusters, int(s.size)),
         "srocc": _r(srocc(s, m)),
         "srocc_ci": [_r(ci_s.low), _r(ci_s.high)],
         "plcc": _r(plcc(s, m)),
@@ -162,15 +173,25 @@ def evaluate_model(
         preds = predict(
             model, dataset, batch_size=batch_size, device=device, limit=limit, progress=progress
         )
-    report = correlation_report(preds.scores, preds.mos, preds.groups, n_boot=n_boot, seed=seed)
+    report = correlation_report(
+        preds.scores, preds.mos, preds.groups, photos=preds.photos, n_boot=n_boot, seed=seed
+    )
     report["dataset"] = dataset.name
     report["split"] = dataset.info.split
     return report
 
 
+def photos_text(report: dict[str, Any]) -> str:
+    """ ", 4 photographs (intervals over them)" where the intervals resample photographs."""
+    if report.get("ci_unit") != "photograph":
+        return ""
+    return f", {report['n_photos']} photographs (intervals over them)"
+
+
 def format_report(name: str, report: dict[str, Any]) -> str:
     lines = [
-        f"{name} on {report.get('dataset', '?')}/{report.get('split', '?')} (n={report['n']}):"
+        f"{name} on {report.get('dataset', '?')}/{report.get('split', '?')} (n={report['n']}"
+        f"{photos_text(report)}):"
         f" SROCC {report['srocc']:.4f} [{report['srocc_ci'][0]:.4f}, {report['srocc_ci'][1]:.4f}]"
         f"  PLCC {report['plcc']:.4f} [{report['plcc_ci'][0]:.4f}, {report['plcc_ci'][1]:.4f}]"
         f"  PLCC(logistic) {report['plcc_logistic']:.4f}"

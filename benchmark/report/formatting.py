@@ -52,3 +52,17 @@ def printable(s: Any, width: int | None = None) -> str:
     if width is not None and len(text) > width:
         text = text[: width - 3] + "..."
     return text
+
+
+def fmt_rank(rank: Any, tied_with: Any) -> str:
+    """The rank, prefixed "~" where the gain interval overlaps the next better model's."""
+    text = fmt_num(rank)
+    return f"~{text}" if isinstance(tied_with, str) and tied_with else text
+
+
+def fmt_images(n_images: Any, n_groups: Any, unit: Any) -> str:
+    """Images, with the source photographs behind them where intervals resample those."""
+    text = fmt_num(n_images)
+    if unit == "photograph" and not _is_missing(n_groups):
+        return f"{text} ({int(n_groups)} photos)"
+    return text

@@ -18,7 +18,14 @@ import pandas as pd
 from benchmark.paths import atomic_write
 from benchmark.report import jinja
 from benchmark.report.export import export_tables
-from benchmark.report.formatting import fmt_ci, fmt_num, fmt_params, threat_label
+from benchmark.report.formatting import (
+    fmt_ci,
+    fmt_images,
+    fmt_num,
+    fmt_params,
+    fmt_rank,
+    threat_label,
+)
 from benchmark.report.plots import extra_plots, tradeoff_png
 from benchmark.report.provenance import provenance
 from benchmark.report.tables import (
@@ -33,7 +40,8 @@ Row = list[tuple[str, bool]]  # (text, right-aligned number?) per column
 
 COLUMN_DEFINITIONS: dict[str, str] = {
     "Rank": "Position within one dataset and threat model by worst-case absolute gain "
-    "(lower gain ranks first; ties share a rank).",
+    "(lower gain ranks first; ties share a rank). '~' marks a model whose gain interval "
+    "overlaps the next better model's: the data do not separate the two.",
     "Model": "Registered model name.",
     "Source": "Where the model comes from: pyiqa, zoo (trained here), robustblock, plugin.",
     "Kind": "NR (no-reference) or FR (full-reference).",
@@ -41,14 +49,16 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "zero or non-finite on the first batch, so gradient attacks are not applicable.",
     "Params": "Number of trainable parameters.",
     "Clean SROCC": "Spearman correlation of clean scores with MOS, with a 95% bootstrap "
-    "interval over images.",
+    "interval over source photographs (then images within them) where the images share "
+    "photographs, else over images.",
     "Clean PLCC": "Pearson correlation of clean scores with MOS after the VQEG 4-parameter "
     "logistic mapping fitted on clean scores (plain PLCC where the fit failed), 95% CI.",
     "Worst attack": "The attack with the largest score inflation in the attacked direction "
     "among those that ran on this model.",
     "Abs gain": "G_abs = mean(q' - q) of the worst attack, q and q' the clean and attacked "
     "scores in quality-up orientation normalised to [0,1] by the declared score range "
-    "(else min-max of the clean scores); 95% bootstrap CI over images. Not clipped: values "
+    "(else min-max of the clean scores); 95% bootstrap CI over source photographs (then "
+    "images) where they share photographs, else over images. Not clipped: values "
     "beyond the range show inflation beyond it.",
     "Certified cap": "Provable upper bound on the absolute gain of ANY perturbation within the "
     "budget: L * eps * sqrt(3HW) / (score range), with L the model's certified L2 Lipschitz "
@@ -59,7 +69,8 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "W1": "Wasserstein-1 distance between clean and attacked score distributions, signed by "
     "the mean shift.",
     "Attacked SROCC": "Spearman correlation of attacked scores with MOS.",
-    "Images": "Images with finite clean and attacked scores in the worst-attack cell.",
+    "Images": "Images with finite clean and attacked scores in the worst-attack cell, and "
+    "the source photographs they were cut from where intervals resample those.",
     "Attacks run": "Attack cells that ran and count for this model.",
     "N/A": "Attack cells that do not apply to this model (e.g. gradient attacks on a model "
     "without input gradient).",
@@ -91,7 +102,7 @@ def _ranked_rows(group: pd.DataFrame) -> list[Row]:
     for r in group.to_dict("records"):
         out.append(
             [
-                (fmt_num(r["rank"]), True),
+                (fmt_rank(r["rank"], r.get("tied_with")), True),
                 (str(r["model"]), False),
                 (str(r["source"]), False),
                 (str(r["kind"]), False),
@@ -113,7 +124,7 @@ def _ranked_rows(group: pd.DataFrame) -> list[Row]:
                 (fmt_num(r["robustness"], 2), True),
                 (fmt_num(r["wasserstein"], 4), True),
                 (fmt_num(r["srocc_attacked"]), True),
-                (fmt_num(r["n_images"]), True),
+                (fmt_images(r["n_images"], r.get("n_groups"), r.get("ci_unit")), True),
                 (fmt_num(r["n_attacks_run"]), True),
                 (fmt_num(r["n_not_applicable"]), True),
                 (fmt_num(r["n_failed"]), True),

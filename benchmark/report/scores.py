@@ -131,8 +131,8 @@ def to_quality(
 # gains and robustness
 
 
-def finite_pairs(*arrays: ArrayLike) -> tuple[list[np.ndarray], int]:
-    """Keep the positions where every array is finite; return them and how many were dropped."""
+def finite_mask(*arrays: ArrayLike) -> np.ndarray:
+    """The positions where every array is finite."""
     arrs = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
     n = arrs[0].shape[0]
     if any(a.shape[0] != n for a in arrs):
@@ -140,7 +140,18 @@ def finite_pairs(*arrays: ArrayLike) -> tuple[list[np.ndarray], int]:
     keep = np.ones(n, dtype=bool)
     for a in arrs:
         keep &= np.isfinite(a)
-    return [a[keep] for a in arrs], int(n - keep.sum())
+    return keep
+
+
+def finite_pairs(*arrays: ArrayLike) -> tuple[list[np.ndarray], int]:
+    """Keep the positions where every array is finite; return them and how many were dropped."""
+    keep = finite_mask(*arrays)
+    arrs = [np.asarray(a, dtype=np.float64).ravel()[keep] for a in arrays]
+    return arrs, int(keep.size - keep.sum())
+
+
+def _subset(clusters: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
+    return None if clusters is None else clusters[keep]
 
 
 def abs_gain_terms(q: np.ndarray, q_adv: np.ndarray) -> np.ndarray:
@@ -370,36 +381,94 @@ class BootstrapCI(NamedTuple):
     n_used: int  # resamples with a finite statistic (e.g. not constant for correlations)
 
 
+def cluster_codes(groups: Sequence[Any] | np.ndarray | None) -> np.ndarray | None:
+    """Integer codes 0..G-1 of each image's group (its source photograph); None: no groups."""
+    if groups is None:
+        return None
+    return np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)[1].ravel()
+
+
+def _resample_rows(
+    rng: np.random.Generator, n: int, b: int, clusters: np.ndarray | None
+) -> list[np.ndarray]:
+    """Index arrays of `b` bootstrap resamples of n images, grouped into equal-length blocks.
+
+    With `clusters`, a two-stage cluster bootstrap: draw as many groups as there are, with
+    replacement, then each drawn group's images with replacement within it. Why: images cut
+    from one photograph are not independent, and resampling them as if they were gives
+    intervals that are too narrow. Resamples differ in length when groups differ in size, so
+    they come back as blocks of shape (k, L), one per length.
+    """
+    if clusters is None or int(clusters.max()) + 1 == n:  # singleton groups: plain bootstrap
+        return [rng.integers(0, n, size=(b, n))]
+    order = np.argsort(clusters, kind="stable")
+    sizes = np.bincount(clusters)
+    starts = np.cumsum(sizes) - sizes
+    n_groups = sizes.size
+    picks = rng.integers(0, n_groups, size=(b, n_groups))
+    lengths = sizes[picks].sum(axis=1)
+    slot = np.repeat(picks.ravel(), sizes[picks.ravel()])
+    within = (rng.random(slot.size) * sizes[slot]).astype(np.int64)
+    flat = order[starts[slot] + within]
+    rows = np.split(flat, np.cumsum(lengths)[:-1])
+    by_length: dict[int, list[np.ndarray]] = {}
+    for row in rows:
+        by_length.setdefault(row.size, []).append(row)
+    return [np.stack(block) for _, block in sorted(by_length.items())]
+
+
+def bootstrap_stats(
+    row_stat: RowStat,
+    *arrays: ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+    clusters: np.ndarray | None = None,
+) -> np.ndarray:
+    """The statistic on `n_boot` resamples of the images (or of their groups, `clusters`)."""
+    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 0:
+        raise ConfigError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    arrs = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
+    n = arrs[0].shape[0]
+    if clusters is not None:
+        if np.shape(clusters) != (n,):
+            raise ConfigError(
+                f"clusters must give one group per image ({n}), got {np.shape(clusters)}"
+            )
+        clusters = np.unique(clusters, return_inverse=True)[1].ravel()  # 0..G-1, none empty
+    if n == 0 or n_boot == 0:
+        return np.empty(0)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(int(n_boot), _MAX_BOOT_ELEMS // n))
+    stats: list[np.ndarray] = []
+    for start in range(0, int(n_boot), chunk):
+        for idx in _resample_rows(rng, n, min(chunk, int(n_boot) - start), clusters):
+            stats.append(row_stat(*(a[idx] for a in arrs)))
+    return np.concatenate(stats)
+
+
 def bootstrap_ci(
     row_stat: RowStat,
     *arrays: ArrayLike,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    clusters: np.ndarray | None = None,
 ) -> BootstrapCI:
-    """Percentile bootstrap interval of a statistic over images.
+    """Percentile bootstrap interval of a statistic over images, or over their groups.
 
     `row_stat` maps arrays of shape (B, n) (B resamples of the n images, the same indices
     for every array) to B values; `row_mean`, `row_pearson`, `row_spearman` are such. The
     arrays must already be free of NaN (see `finite_pairs`). Resamples whose statistic is
-    not finite (constant resample for a correlation) are left out and counted.
+    not finite (constant resample for a correlation) are left out and counted. `clusters`
+    (`cluster_codes` of each image's source photograph) resamples photographs, then images
+    within them; with fewer than two groups no interval over them exists (NaN).
     """
     if not (0.0 < level < 1.0):
         raise ConfigError(f"confidence level must lie in (0, 1), got {level}")
-    if isinstance(n_boot, bool) or int(n_boot) != n_boot or n_boot < 0:
-        raise ConfigError(f"n_boot must be a non-negative integer, got {n_boot!r}")
-    arrs = [np.asarray(a, dtype=np.float64).ravel() for a in arrays]
-    n = arrs[0].shape[0]
     nan = float("nan")
-    if n == 0 or n_boot == 0:
+    if clusters is not None and np.unique(clusters).size < 2:
         return BootstrapCI(nan, nan, 0)
-    rng = np.random.default_rng(seed)
-    chunk = max(1, min(int(n_boot), _MAX_BOOT_ELEMS // n))
-    stats = np.empty(int(n_boot))
-    for start in range(0, int(n_boot), chunk):
-        b = min(chunk, int(n_boot) - start)
-        idx = rng.integers(0, n, size=(b, n))
-        stats[start : start + b] = row_stat(*(a[idx] for a in arrs))
+    stats = bootstrap_stats(row_stat, *arrays, n_boot=n_boot, seed=seed, clusters=clusters)
     good = stats[np.isfinite(stats)]
     if good.size == 0:
         return BootstrapCI(nan, nan, 0)
@@ -431,11 +500,16 @@ def _correlations(
     fit: LogisticFit,
     n_boot: int,
     seed: int,
+    clusters: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """SROCC/PLCC/logistic PLCC (with CIs) and KROCC of q vs MOS; also the reason if NaN."""
+    """SROCC/PLCC/logistic PLCC (with CIs) and KROCC of q vs MOS; also the reason if NaN.
+
+    `clusters`: each image's group code, for intervals over source photographs."""
     out: dict[str, Any] = {}
     issue = correlation_issue(q, mos)
-    (a, b), _ = finite_pairs(q, mos)
+    keep = finite_mask(q, mos)
+    a, b = np.asarray(q, dtype=np.float64)[keep], np.asarray(mos, dtype=np.float64)[keep]
+    sub = _subset(clusters, keep)
     out[f"n_mos_{prefix}"] = int(a.size)
     mapped = fit.apply(a)
     for name, value, row_stat, args in (
@@ -443,7 +517,11 @@ def _correlations(
         ("plcc", plcc(a, b), row_pearson, (a, b)),
         ("plcc_logistic", plcc(mapped, b), row_pearson, (mapped, b)),
     ):
-        ci = bootstrap_ci(row_stat, *args, n_boot=n_boot, seed=seed) if np.isfinite(value) else None
+        ci = (
+            bootstrap_ci(row_stat, *args, n_boot=n_boot, seed=seed, clusters=sub)
+            if np.isfinite(value)
+            else None
+        )
         out[f"{name}_{prefix}"] = value
         out[f"{name}_{prefix}_low"] = ci.low if ci else float("nan")
         out[f"{name}_{prefix}_high"] = ci.high if ci else float("nan")
@@ -490,7 +568,12 @@ def adaptive_attack_note(extra: Mapping[str, Any]) -> str:
 
 
 def _clean_statistics(
-    q: np.ndarray, mos: np.ndarray, has_mos: bool, n_boot: int, seed: int
+    q: np.ndarray,
+    mos: np.ndarray,
+    has_mos: bool,
+    n_boot: int,
+    seed: int,
+    clusters: np.ndarray | None,
 ) -> tuple[LogisticFit, dict[str, Any], str]:
     """The logistic fit and clean correlations of (q, MOS), computed once per distinct input.
 
@@ -499,17 +582,21 @@ def _clean_statistics(
     function of the inputs alone, so a repeat is looked up, not recomputed.
     """
     q64, mos64 = np.asarray(q, dtype=np.float64), np.asarray(mos, dtype=np.float64)
-    fit, corr, issue = _clean_statistics_of(q64.tobytes(), mos64.tobytes(), has_mos, n_boot, seed)
+    codes = None if clusters is None else np.asarray(clusters, dtype=np.int64).tobytes()
+    fit, corr, issue = _clean_statistics_of(
+        q64.tobytes(), mos64.tobytes(), has_mos, n_boot, seed, codes
+    )
     return fit, dict(corr), issue
 
 
 @functools.lru_cache(maxsize=16)
 def _clean_statistics_of(
-    q: bytes, mos: bytes, has_mos: bool, n_boot: int, seed: int
+    q: bytes, mos: bytes, has_mos: bool, n_boot: int, seed: int, codes: bytes | None
 ) -> tuple[LogisticFit, dict[str, Any], str]:
     qa, mosa = np.frombuffer(q), np.frombuffer(mos)
+    clusters = None if codes is None else np.frombuffer(codes, dtype=np.int64)
     fit = fit_logistic(qa, mosa) if has_mos else LogisticFit(None, True, "no MOS")
-    corr, issue = _correlations("clean", qa, mosa, fit, n_boot, seed)
+    corr, issue = _correlations("clean", qa, mosa, fit, n_boot, seed, clusters)
     return fit, corr, issue
 
 
@@ -529,6 +616,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
     q_adv = qmap(cell.attacked)
     mos = np.asarray(cell.mos, dtype=np.float64)
     norm = str(cell.attack_config.get("norm", "linf"))
+    clusters = cluster_codes(cell.group)
     notes: list[str] = []
     nan = float("nan")
 
@@ -547,6 +635,9 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
         "kind": info.get("kind", ""),
         "params": info.get("params"),
         "n_images": len(cell),
+        # source photographs (groups) behind the images; intervals resample them when fewer
+        "n_groups": int(np.unique(clusters).size) if clusters is not None else None,
+        "ci_unit": interval_unit(clusters, len(cell)),
         "normalization": qmap.method,
         "adaptive": adaptive_attack_note(info.get("extra") or {}),
     }
@@ -565,18 +656,27 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
 
     # gains
     applied = cell.status == "done"
+    keep = finite_mask(q, q_adv)
     (qa, qb), n_dropped = finite_pairs(q, q_adv)
+    pair_clusters = _subset(clusters, keep)
     out["n_pairs"] = int(qa.size) if applied else 0
     out["n_dropped"] = n_dropped if applied else 0
     for name, term_fn in GAIN_STATS.items():
         value = low = high = nan
         if applied and qa.size:
             terms = term_fn(qa, qb)
-            finite_terms = terms[np.isfinite(terms)]
+            finite = np.isfinite(terms)
+            finite_terms = terms[finite]
             if finite_terms.size < terms.size:
                 notes.append(f"{name}: {terms.size - finite_terms.size} non-finite term(s) dropped")
             value = _finite_mean(finite_terms)
-            low, high, _ = bootstrap_ci(row_mean, finite_terms, n_boot=n_boot, seed=seed)
+            low, high, _ = bootstrap_ci(
+                row_mean,
+                finite_terms,
+                n_boot=n_boot,
+                seed=seed,
+                clusters=_subset(pair_clusters, finite),
+            )
         out[name], out[f"{name}_low"], out[f"{name}_high"] = value, low, high
     out["wasserstein"] = wasserstein_score(qa, qb) if applied else nan
     out["energy"] = energy_score(qa, qb) if applied else nan
@@ -588,7 +688,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
 
     # correlations with MOS
     has_mos = bool(np.isfinite(mos).any())
-    fit, clean_corr, clean_issue = _clean_statistics(q, mos, has_mos, n_boot, seed)
+    fit, clean_corr, clean_issue = _clean_statistics(q, mos, has_mos, n_boot, seed, clusters)
     out.update(clean_corr)
     if not has_mos:
         notes.append("no MOS: correlations undefined")
@@ -597,7 +697,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
     elif fit.fallback:
         notes.append(f"{fit.note}; logistic PLCC = plain PLCC")
     adv_source = q_adv if applied else np.full_like(q, np.nan)
-    adv_corr, adv_issue = _correlations("attacked", adv_source, mos, fit, n_boot, seed)
+    adv_corr, adv_issue = _correlations("attacked", adv_source, mos, fit, n_boot, seed, clusters)
     out.update(adv_corr)
     if applied and has_mos and adv_issue and not clean_issue:
         notes.append(f"attacked correlations undefined: {adv_issue}")
@@ -614,14 +714,25 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
     out["seconds"] = (
         float(np.nansum(np.asarray(cell.seconds, dtype=np.float64))) if len(cell) else 0.0
     )
+    if out["ci_unit"] == "photograph" and out["n_groups"] < 2:
+        notes.append("one source photograph: no interval over photographs")
     out["notes"] = "; ".join(notes)
     return out
+
+
+def interval_unit(clusters: np.ndarray | None, n_images: int) -> str:
+    """What the intervals resample: "photograph" when images share source photographs."""
+    if clusters is None or np.unique(clusters).size >= n_images:
+        return "image"
+    return "photograph"
 
 
 def paired_difference(
     a: CellResult, b: CellResult, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, tuple[float, float], float, int]:
-    """Mean over shared images of (gain_a - gain_b), its 95% bootstrap CI and two-sided p."""
+    """Mean over shared images of (gain_a - gain_b), its 95% bootstrap CI and two-sided p.
+
+    The bootstrap resamples source photographs (then images) when `a` records them."""
     qa = quality_map(bool(a.model_info["lower_better"]), a.model_info.get("score_range"), a.clean)
     qb = quality_map(bool(b.model_info["lower_better"]), b.model_info.get("score_range"), b.clean)
     ga = dict(zip(a.image_id, qa(a.attacked) - qa(a.clean), strict=True))
@@ -631,8 +742,11 @@ def paired_difference(
     if not shared:
         return nan, (nan, nan), nan, 0
     d = np.array([ga[i] - gb[i] for i in shared])
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(n_boot, d.size))].mean(axis=1)
+    group_of = None if a.group is None else dict(zip(a.image_id, a.group, strict=True))
+    clusters = None if group_of is None else cluster_codes([group_of[i] for i in shared])
+    if clusters is not None and np.unique(clusters).size < 2:
+        return float(d.mean()), (nan, nan), nan, int(d.size)
+    means = bootstrap_stats(row_mean, d, n_boot=n_boot, seed=seed, clusters=clusters)
     low, high = np.percentile(means, [2.5, 97.5])
     p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
     return float(d.mean()), (float(low), float(high)), p, int(d.size)

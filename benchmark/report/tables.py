@@ -116,6 +116,8 @@ _WORST_COLS = {
     "srocc_attacked": "srocc_attacked",
     "plcc_logistic_attacked": "plcc_logistic_attacked",
     "n_pairs": "n_images",
+    "n_groups": "n_groups",
+    "ci_unit": "ci_unit",
     "certified_gain": "certified_gain",
     "effect": "effect",
 }
@@ -183,6 +185,7 @@ def _model_rows(
             row.update({dst: np.nan for dst in _WORST_COLS.values()})
             row["worst_attack"] = ""
             row["n_images"] = int(max(r["n_images"] for r in group))
+            row["n_groups"], row["ci_unit"] = first.get("n_groups"), first.get("ci_unit", "image")
             row["ranked"] = False
             if gradient == "none" and n_na:
                 reason = NO_GRADIENT_REASON
@@ -204,7 +207,31 @@ def _model_rows(
     if ranked.any():
         ranks = frame[ranked].groupby(GROUP_KEYS, sort=False)["effect"].rank(method="min")
         frame.loc[ranked, "rank"] = ranks.astype("int64").to_numpy()
+        _mark_inseparable(frame)
     return frame
+
+
+def _mark_inseparable(frame: pd.DataFrame) -> None:
+    """`tied_with`: the next better model when the two gain intervals overlap, else "".
+
+    Why: a rank is a point estimate; where the intervals (over source photographs, when the
+    images share them) overlap, the data cannot order the two models, and the table says so
+    instead of letting the rank speak."""
+    frame["tied_with"] = ""
+    ranked = frame[frame["ranked"].astype(bool)]
+    for _, group in ranked.groupby(GROUP_KEYS, sort=False):
+        above: Any = None
+        for idx, row in group.sort_values(["rank", "model"], kind="stable").iterrows():
+            if above is not None and _overlap(row, above):
+                frame.at[idx, "tied_with"] = above["model"]
+            above = row
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    lows, highs = (a["abs_gain_low"], b["abs_gain_low"]), (a["abs_gain_high"], b["abs_gain_high"])
+    if not all(np.isfinite([*lows, *highs])):
+        return True  # no interval: nothing separates them
+    return max(lows) <= min(highs)
 
 
 @dataclass

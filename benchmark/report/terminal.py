@@ -6,7 +6,14 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from benchmark.report.formatting import fmt_ci, fmt_num, printable, threat_label
+from benchmark.report.formatting import (
+    fmt_ci,
+    fmt_images,
+    fmt_num,
+    fmt_rank,
+    printable,
+    threat_label,
+)
 from benchmark.report.tables import LeaderboardTables, build_tables
 from benchmark.store.cell import Cell
 
@@ -23,14 +30,14 @@ def terminal_table(
     if tables.rows.empty:
         return "no results"
     head = ["dataset", "threat", "dir", "rank", "model", "SROCC"]
-    tail_head = ["worst attack", "abs gain [95% CI]", "R"]
+    tail_head = ["worst attack", "abs gain [95% CI]", "R", "images"]
     lines: list[tuple[list[str], list[str] | str]] = []
     for _, r in pd.concat([tables.ranked, tables.not_ranked], ignore_index=True).iterrows():
         common = [
             printable(r["dataset"], 20),
             threat_label(r["norm"], r["eps_label"]),
             str(r["direction"]),
-            fmt_num(r["rank"]) if r["ranked"] else "-",
+            fmt_rank(r["rank"], r.get("tied_with")) if r["ranked"] else "-",
             printable(r["model"], 32),
             fmt_num(r["srocc_clean"]),
         ]
@@ -39,6 +46,7 @@ def terminal_table(
                 printable(r["worst_attack"], 20),
                 fmt_ci(r["abs_gain"], r["abs_gain_low"], r["abs_gain_high"], 4),
                 fmt_num(r["robustness"], 2),
+                fmt_images(r["n_images"], r.get("n_groups"), r.get("ci_unit")),
             ]
         else:  # free text that may run past the gain columns
             tail = f"not ranked: {printable(r['reason'], 90)}"

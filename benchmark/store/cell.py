@@ -66,6 +66,10 @@ class CellResult:
     # [-eps, eps] to uint8 (H, W, 3), so the leaderboard can show what the attack learned.
     example_delta: np.ndarray | None = None
 
+    # Each image's group, its source photograph (images cut from one photograph are not
+    # independent: intervals resample groups); None for cells stored before groups were.
+    group: np.ndarray | None = None
+
     # The per-cell scores (`report.tables.cell_summary`) computed when the cell was written,
     # so a leaderboard need not recompute them; None for cells stored without one.
     summary: dict[str, Any] | None = None
@@ -96,7 +100,7 @@ class CellResult:
 
 
 # Fields a `StoredCell` reads from the file only when asked (the per-image arrays).
-LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, "example_delta")
+LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, "example_delta", "group")
 
 
 class StoredCell:

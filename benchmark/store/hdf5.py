@@ -6,6 +6,7 @@ Layout (docs/architecture.md, "The results store")::
     <file>.journal/        cells written since the last compaction, one small file each
     /cells/<model>/<dataset>/<attack>/<eps>/<direction>/   one group per cell (in both)
         image_id, mos, clean, attacked, linf, l2, psnr, ssim, seconds   per-image datasets
+        group (optional: each image's source photograph), example_delta (optional)
         attrs: status, gradient, reason, config_hash, key (JSON), attack_config (JSON),
                model_info (JSON), meta (JSON: versions, git, device, wall time, seed),
                summary (JSON, optional: the cell's scores, computed when it was written)
@@ -315,7 +316,8 @@ def _cell_groups(root: h5py.Group | None) -> Iterator[h5py.Group]:
 
 def _check_lengths(cell: CellResult) -> None:
     n = len(cell)
-    for name in PER_IMAGE_FIELDS:
+    optional = ("group",) if cell.group is not None else ()
+    for name in (*PER_IMAGE_FIELDS, *optional):
         if np.asarray(getattr(cell, name)).shape != (n,):
             raise StoreError(
                 f"cell {cell.key}: {name} has shape {np.shape(getattr(cell, name))}, expected ({n},)"
@@ -350,6 +352,8 @@ def _write_cell(
         group.attrs["summary"] = json.dumps(summary, default=json_default)
     if cell.example_delta is not None:
         group.create_dataset("example_delta", data=np.asarray(cell.example_delta, dtype=np.uint8))
+    if cell.group is not None:
+        group.create_dataset("group", data=np.asarray(cell.group, dtype=object), dtype=_STR)
 
 
 _RAW_JSON_ATTRS = ("key", "model_info", "attack_config", "meta")
@@ -412,17 +416,19 @@ def _read_cell(group: h5py.Group) -> CellResult:
     try:
         h = _group_header(group)
         arrays = {name: group[name][()] for name in PER_IMAGE_FIELDS}
-        ids = np.array(
-            [s.decode() if isinstance(s, bytes) else s for s in group["image_id"][()]], dtype=object
-        )
         return CellResult(
             **{k: h[k] for k in _CELL_HEADER},
-            image_id=ids,
+            image_id=_strings(group["image_id"]),
             example_delta=group["example_delta"][()] if "example_delta" in group else None,
+            group=_strings(group["group"]) if "group" in group else None,
             **arrays,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise StoreError(f"cell {unquote(group.name)} is malformed: {exc}") from exc
+
+
+def _strings(dataset: h5py.Dataset) -> np.ndarray:
+    return np.array([s.decode() if isinstance(s, bytes) else s for s in dataset[()]], dtype=object)
 
 
 def read_results(
