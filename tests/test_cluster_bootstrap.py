@@ -13,9 +13,9 @@ from benchmark.report.scores import (
     bootstrap_ci,
     cluster_codes,
     paired_difference,
+    rank_codes,
     row_mean,
     row_spearman_codes,
-    rank_codes,
     summarize_cell,
 )
 from benchmark.report.tables import build_tables

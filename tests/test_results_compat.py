@@ -20,7 +20,10 @@ from benchmark.store.hdf5 import read_results
 
 DATA = Path(__file__).parent / "data" / "premove"
 # export columns added since premove.h5 was written (its exports beside it are the old code's)
-ADDED = {"ranking": {"n_groups", "ci_unit", "tied_with"}, "cells": {"n_groups", "ci_unit"}}
+ADDED = {
+    "ranking": {"n_groups", "ci_unit", "tied_with", "units"},
+    "cells": {"n_groups", "ci_unit", "units"},
+}
 # the command that wrote premove.h5 (its leaderboard and exports are beside it)
 COMMAND = [
     "run", "--models", "cnniqa-builtin,robust-cnniqa-builtin,jpeg50+cnniqa-builtin,ssim,at-cnniqa-builtin",

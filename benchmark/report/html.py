@@ -28,6 +28,7 @@ from benchmark.report.formatting import (
 )
 from benchmark.report.plots import extra_plots, tradeoff_png
 from benchmark.report.provenance import provenance
+from benchmark.report.scores import UNITS
 from benchmark.report.tables import (
     GROUP_KEYS,
     NO_GRADIENT_REASON,
@@ -63,6 +64,10 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "Certified cap": "Provable upper bound on the absolute gain of ANY perturbation within the "
     "budget: L * eps * sqrt(3HW) / (score range), with L the model's certified L2 Lipschitz "
     "bound from its card (RobustBlock models); '-' where no bound is known.",
+    "[score range] / [MSU min-max]": "The units of the gain columns. Score range (the "
+    "default): scores normalised by the model's declared range. MSU min-max (`leaderboard "
+    "--units msu`): by the min and max of each cell's clean scores, as the MSU metrics "
+    "robustness benchmark does, so gains compare with its published figures.",
     "Rel gain": "G_rel = mean((q' - q) / (q + 1)) of the worst attack.",
     "R": "Robustness score mean(log10(max(1-q, q) / (|q - q'| + 1e-6))) of the worst attack; "
     "higher is more robust, about 6 for an unchanged score.",
@@ -79,6 +84,8 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "and its stand-in for a non-differentiable purifier, EOT draws for a random one).",
 }
 
+
+GAIN_HEADERS = frozenset({"Abs gain", "Rel gain", "R", "W1"})
 
 _RANKED_HEADERS = [
     "Rank", "Model", "Source", "Kind", "Gradient", "Params", "Clean SROCC", "Clean PLCC",
@@ -238,6 +245,11 @@ def attack_matrices(tables: LeaderboardTables) -> list[dict[str, Any]]:
     return out
 
 
+def with_units(headers: list[str], units: str) -> list[str]:
+    """Headers with the gain columns naming their units ("Abs gain [score range]")."""
+    return [f"{h} [{UNITS[units]}]" if h in GAIN_HEADERS else h for h in headers]
+
+
 def render_html(
     cells: Sequence[Cell],
     out_path: str | os.PathLike[str],
@@ -252,12 +264,18 @@ def render_html(
     Pass `tables` to reuse an earlier `build_tables` result.
     """
     tables = tables if tables is not None else build_tables(cells, n_boot=n_boot, seed=seed)
+    units = f"gains in {UNITS[tables.units]} units"
     groups = [
         {
             "title": " | ".join(
-                [dataset, threat_label(norm, group["eps_label"].iloc[0]), f"direction {direction}"]
+                [
+                    dataset,
+                    threat_label(norm, group["eps_label"].iloc[0]),
+                    f"direction {direction}",
+                    units,
+                ]
             ),
-            "headers": _RANKED_HEADERS,
+            "headers": with_units(_RANKED_HEADERS, tables.units),
             "rows": _ranked_rows(group),
         }
         for (dataset, norm, _eps, direction), group in tables.threat_groups()
@@ -281,7 +299,10 @@ def render_html(
         no_gradient_reason=NO_GRADIENT_REASON,
         not_ranked={"headers": _NOT_RANKED_HEADERS, "rows": _not_ranked_rows(tables.not_ranked)},
         failed={"headers": _FAILED_HEADERS, "rows": _failed_rows(tables.failed)},
-        all_cells={"headers": _ALL_CELLS_HEADERS, "rows": _all_cell_rows(tables.cells)},
+        all_cells={
+            "headers": with_units(_ALL_CELLS_HEADERS, tables.units),
+            "rows": _all_cell_rows(tables.cells),
+        },
         definitions=list(COLUMN_DEFINITIONS.items()),
         provenance=provenance(cells, tables),
     )

@@ -600,18 +600,33 @@ def _clean_statistics_of(
     return fit, corr, issue
 
 
-def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+# How scores are put on [0, 1] before gains are taken: "range" by the model's declared score
+# range (else min-max of its clean scores), "msu" as the MSU metrics robustness benchmark
+# does (Antsiferova et al., AAAI 2024): min-max over the cell's clean scores, always.
+UNITS = {"range": "score range", "msu": "MSU min-max"}
+
+
+def check_units(units: str) -> str:
+    if units not in UNITS:
+        raise ConfigError(f"units must be one of {', '.join(UNITS)}, got {units!r}")
+    return units
+
+
+def summarize_cell(
+    cell: CellResult, n_boot: int = 1000, seed: int = 0, units: str = "range"
+) -> dict[str, Any]:
     """Every score of one cell as a flat dict (one row of the per-cell table).
 
     Gains are computed for status "done" only; "not_applicable"/"failed" cells keep NaN
     gains with their status and reason, but clean correlations are still computed from the
     clean scores when MOS is present (the model's accuracy is known even if the attack did
-    not run). `notes` explains every NaN and every dropped image.
+    not run). `notes` explains every NaN and every dropped image. `units`: see `UNITS`.
     """
     info = cell.model_info
     if "lower_better" not in info:
         raise ConfigError(f"cell {cell.key}: model_info lacks 'lower_better'; cannot orient scores")
-    qmap = quality_map(bool(info["lower_better"]), info.get("score_range"), cell.clean)
+    score_range = info.get("score_range") if check_units(units) == "range" else None
+    qmap = quality_map(bool(info["lower_better"]), score_range, cell.clean)
     q = qmap(cell.clean)
     q_adv = qmap(cell.attacked)
     mos = np.asarray(cell.mos, dtype=np.float64)
@@ -635,6 +650,7 @@ def summarize_cell(cell: CellResult, n_boot: int = 1000, seed: int = 0) -> dict[
         "kind": info.get("kind", ""),
         "params": info.get("params"),
         "n_images": len(cell),
+        "units": units,
         # source photographs (groups) behind the images; intervals resample them when fewer
         "n_groups": int(np.unique(clusters).size) if clusters is not None else None,
         "ci_unit": interval_unit(clusters, len(cell)),

@@ -34,7 +34,7 @@ import pandas as pd
 from benchmark.errors import StoreError
 from benchmark.report import scores
 from benchmark.report.sanity import CellGroup, failing_iterations
-from benchmark.report.scores import summarize_cell
+from benchmark.report.scores import check_units, summarize_cell
 from benchmark.store.cell import Cell
 from benchmark.store.hdf5 import json_default
 
@@ -63,26 +63,39 @@ def _outcome(cell: Cell, summary: Mapping[str, Any]) -> tuple[str, str]:
 SCORES_CODE = hashlib.sha1(Path(scores.__file__).read_bytes()).hexdigest()[:16]
 
 
-def cell_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def _summary_of(n_boot: int, seed: int, units: str) -> dict[str, Any]:
+    """What a summary depends on besides the cell. Units other than the default are named,
+    so summaries stored before units existed still match the default."""
+    out: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}
+    return out if units == "range" else out | {"units": units}
+
+
+def cell_summary(
+    cell: Cell, n_boot: int = 1000, seed: int = 0, units: str = "range"
+) -> dict[str, Any]:
     """`scores.summarize_cell`, stamped with what it depends on (bootstrap, scoring code).
 
     The runner stores it beside the cell when the cell is written, so a leaderboard of many
     cells reads it instead of recomputing (`stored_summary`)."""
-    out = summarize_cell(cell, n_boot=n_boot, seed=seed)
-    out["summary_of"] = {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}
+    out = summarize_cell(cell, n_boot=n_boot, seed=seed, units=units)
+    out["summary_of"] = _summary_of(n_boot, seed, units)
     # as it reads back from the file, so a fresh and a stored summary render the same
     return json.loads(json.dumps(out, default=json_default))
 
 
-def stored_summary(cell: Cell, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def stored_summary(
+    cell: Cell, n_boot: int = 1000, seed: int = 0, units: str = "range"
+) -> dict[str, Any]:
     """The cell's stored summary when it was computed the same way, else a fresh one."""
     stored = cell.summary
-    if stored and stored.get("summary_of") == {"n_boot": n_boot, "seed": seed, "code": SCORES_CODE}:
+    if stored and stored.get("summary_of") == _summary_of(n_boot, seed, units):
         return dict(stored)
-    return cell_summary(cell, n_boot=n_boot, seed=seed)
+    return cell_summary(cell, n_boot=n_boot, seed=seed, units=units)
 
 
-def summarize_cells(cells: Iterable[Cell], n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def summarize_cells(
+    cells: Iterable[Cell], n_boot: int = 1000, seed: int = 0, units: str = "range"
+) -> pd.DataFrame:
     """One row of scores per cell (see `scores.summarize_cell`) plus its ranking outcome."""
     rows = []
     seen: set[Any] = set()
@@ -90,7 +103,7 @@ def summarize_cells(cells: Iterable[Cell], n_boot: int = 1000, seed: int = 0) ->
         if cell.key in seen:
             raise StoreError(f"duplicate cell in results: {cell.key}")
         seen.add(cell.key)
-        summary = stored_summary(cell, n_boot=n_boot, seed=seed)
+        summary = stored_summary(cell, n_boot=n_boot, seed=seed, units=units)
         summary.pop("summary_of", None)
         summary["outcome"], summary["outcome_reason"] = _outcome(cell, summary)
         summary["uses_gradient"] = cell.uses_gradient
@@ -242,6 +255,7 @@ class LeaderboardTables:
     cells: pd.DataFrame
     n_boot: int = 1000
     seed: int = 0
+    units: str = "range"  # how gains are normalised (`scores.UNITS`)
 
     @property
     def ranked(self) -> pd.DataFrame:
@@ -276,9 +290,16 @@ class LeaderboardTables:
         ]
 
 
-def build_tables(cells: Sequence[Cell], n_boot: int = 1000, seed: int = 0) -> LeaderboardTables:
-    """Score every cell and aggregate into ranking rows (see the module docstring for rules)."""
-    per_cell = summarize_cells(cells, n_boot=n_boot, seed=seed)
+def build_tables(
+    cells: Sequence[Cell], n_boot: int = 1000, seed: int = 0, units: str = "range"
+) -> LeaderboardTables:
+    """Score every cell and aggregate into ranking rows (see the module docstring for rules).
+
+    `units`: "range" (the model's score range) or "msu" (min-max of each cell's clean
+    scores, the MSU benchmark's scale), see `scores.UNITS`."""
+    per_cell = summarize_cells(cells, n_boot=n_boot, seed=seed, units=check_units(units))
     failing = failing_iterations(cells, per_cell)
     rows = _model_rows(per_cell, failing) if len(per_cell) else pd.DataFrame()
-    return LeaderboardTables(rows=rows, cells=per_cell, n_boot=n_boot, seed=seed)
+    if len(rows):
+        rows.insert(rows.columns.get_loc("abs_gain"), "units", units)
+    return LeaderboardTables(rows=rows, cells=per_cell, n_boot=n_boot, seed=seed, units=units)

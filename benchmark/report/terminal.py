@@ -14,6 +14,7 @@ from benchmark.report.formatting import (
     printable,
     threat_label,
 )
+from benchmark.report.scores import UNITS
 from benchmark.report.tables import LeaderboardTables, build_tables
 from benchmark.store.cell import Cell
 
@@ -30,7 +31,7 @@ def terminal_table(
     if tables.rows.empty:
         return "no results"
     head = ["dataset", "threat", "dir", "rank", "model", "SROCC"]
-    tail_head = ["worst attack", "abs gain [95% CI]", "R", "images"]
+    tail_head = ["worst attack", f"abs gain [95% CI] ({UNITS[tables.units]})", "R", "images"]
     lines: list[tuple[list[str], list[str] | str]] = []
     for _, r in pd.concat([tables.ranked, tables.not_ranked], ignore_index=True).iterrows():
         common = [
