@@ -84,8 +84,7 @@ class OnePixel(ScoreAttack):
         which = np.broadcast_to(np.arange(s), rows.shape)
         colours = torch.as_tensor(np.clip(g[:, 2:], 0, 1), dtype=image.dtype)  # (k, 3, S)
         colours = colours.permute(0, 2, 1).reshape(-1, 3).to(image.device)  # (k*S, 3)
-        flat = (torch.as_tensor(which.ravel()), torch.as_tensor(rows.ravel()),
-                torch.as_tensor(cols.ravel()))  # fmt: skip
+        flat = [torch.from_numpy(np.ascontiguousarray(a).ravel()) for a in (which, rows, cols)]
         # later pixels of a candidate overwrite earlier ones at the same place (still <= k)
         out[flat[0], :, flat[1], flat[2]] = colours
         return out
