@@ -1,4 +1,5 @@
-"""Per-image size of a perturbation: L_inf, L2, PSNR and SSIM of the attacked vs clean image.
+"""Per-image size of a perturbation: L_inf, L2, L0 (pixels changed), PSNR and SSIM of the
+attacked vs clean image.
 
 SSIM is the one pyiqa computes (`pyiqa.archs.ssim_arch.ssim` on the YIQ luma, 11x11
 Gaussian window of sigma 1.5, 'valid' borders, non-negative contrast-structure term). The
@@ -73,12 +74,20 @@ def perturbation_norms(x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tens
     return torch.maximum(hi, -lo), torch.linalg.vector_norm(delta, dim=1)
 
 
+def changed_pixels(x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+    """Per-image L0 of `x_adv - x`: the number of pixel positions where any channel changed
+    (the one-pixel and patch attacks' budget counts pixels, not channel values)."""
+    return (x_adv != x).any(dim=1).flatten(1).sum(dim=1)
+
+
 def perturbation_stats(x: torch.Tensor, x_adv: torch.Tensor) -> dict[str, np.ndarray]:
-    """L_inf, L2, PSNR (dB, inf when unchanged) and SSIM of each attacked image vs its clean one."""
+    """L_inf, L2, L0 (pixels changed), PSNR (dB, inf when unchanged) and SSIM of each attacked
+    image vs its clean one."""
     with torch.inference_mode():
         linf, l2 = (v.cpu().numpy() for v in perturbation_norms(x, x_adv))
+        l0 = changed_pixels(x, x_adv).double().cpu().numpy()
         s = ssim(x_adv.float(), x.float())
     mse = l2 * l2 / x[0].numel()
     with np.errstate(divide="ignore"):
         psnr = np.where(mse > 0, -10 * np.log10(np.maximum(mse, 1e-300)), math.inf)
-    return {"linf": linf, "l2": l2, "psnr": psnr, "ssim": s.double().cpu().numpy()}
+    return {"linf": linf, "l2": l2, "l0": l0, "psnr": psnr, "ssim": s.double().cpu().numpy()}

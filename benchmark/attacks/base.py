@@ -1,5 +1,6 @@
 """The attack interface. An attack turns clean images into attacked images under an
-L_inf (or L2) budget for one model, in the requested direction of the quality score."""
+L_inf, L2 or L0 (pixels changed) budget for one model, in the requested direction of the
+quality score."""
 
 from __future__ import annotations
 
@@ -9,22 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
 from benchmark.attacks.utils import finite_grad, frozen_eval, seeded_rng
+from benchmark.budget import budget_label
 from benchmark.errors import ConfigError, DataError
-from benchmark.image_stats import perturbation_norms
+from benchmark.image_stats import changed_pixels, perturbation_norms
 from benchmark.models.base import IQAModel
 
 Direction = Literal["up", "down"]
-NORM_LABELS = {"linf": "L_inf", "l2": "L2"}
+NORM_LABELS = {"linf": "L_inf", "l2": "L2", "l0": "L0"}
 
 
 @dataclass(frozen=True)
 class AttackInfo:
     name: str
     family: str  # "gradient", "query", "universal", "generative" ("plugin" for uncarded plugins)
-    norm: Literal["linf", "l2"] = "linf"
+    norm: Literal["linf", "l2", "l0"] = "linf"  # l0: eps is a whole number of pixels
     gradient_free: bool = False
     trainable: bool = False
     description: str = ""
@@ -43,6 +46,9 @@ class Attack(ABC):
     # The card parameters a class accepts, with their defaults; None accepts any (plugins).
     defaults: ClassVar[dict[str, Any] | None] = None
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")  # budget norms the algorithm supports
+    # Per-image model evaluations of the last `perturb` call, for attacks that count them
+    # (score-based ones); None for attacks that do not. The runner stores them per image.
+    query_counts: np.ndarray | None = None
 
     def __init__(
         self,
@@ -54,13 +60,20 @@ class Attack(ABC):
     ) -> None:
         if direction not in ("up", "down"):
             raise ConfigError(f"direction must be 'up' or 'down', got {direction!r}")
-        if not (0.0 < eps <= 1.0):
-            raise ConfigError(f"eps must lie in (0, 1], got {eps}")
         if info.norm not in self.norms:
             raise ConfigError(
                 f"attack {info.name!r} supports {'/'.join(NORM_LABELS[n] for n in self.norms)} "
                 f"budgets only, its card says {info.norm!r}"
             )
+        if info.norm == "l0":
+            if not (eps >= 1 and float(eps).is_integer()):
+                raise ConfigError(
+                    f"attack {info.name!r} has an L0 budget: a whole number of pixels >= 1 "
+                    f"(e.g. --eps 10px), got {eps:g}"
+                )
+        elif not (0.0 < eps <= 1.0):
+            hint = " (a count of pixels is an L0 budget; this attack's is not)" if eps > 1 else ""
+            raise ConfigError(f"eps must lie in (0, 1], got {eps}{hint}")
         if self.defaults is not None:
             unknown = sorted(set(params) - set(self.defaults))
             if unknown:
@@ -131,6 +144,7 @@ class Attack(ABC):
                 )
         x = x.detach()
         ref = None if ref is None else ref.detach()
+        self.query_counts = None
         with frozen_eval(model), seeded_rng(self.seed, x.device), torch.enable_grad():
             x_adv = self._perturb(model, x, ref).detach()
         self._check_result(x, x_adv)
@@ -145,14 +159,21 @@ class Attack(ABC):
             if not torch.isfinite(x_adv).all():
                 raise RuntimeError(f"attack {name} returned non-finite pixels")
             raise RuntimeError(f"attack {name} returned pixels outside [0, 1]")
-        linf, l2 = perturbation_norms(x, x_adv)
-        size = linf if self.info.norm == "linf" else l2
-        tolerance = 1e-6 + 2 * torch.finfo(x.dtype).eps
+        norm = self.info.norm
+        if norm == "l0":
+            size, tolerance = changed_pixels(x, x_adv), 0.0  # whole pixels: no rounding slack
+        else:
+            linf, l2 = perturbation_norms(x, x_adv)
+            size = linf if norm == "linf" else l2
+            tolerance = 1e-6 + 2 * torch.finfo(x.dtype).eps
         if (size > self.eps + tolerance).any():
             raise RuntimeError(
-                f"attack {name} exceeded its {self.info.norm} budget {self.eps:.6g}: "
-                f"largest perturbation {size.max().item():.6g}"
+                f"attack {name} exceeded its {NORM_LABELS[norm]} budget "
+                f"{budget_label(self.eps, norm)}: largest perturbation {size.max().item():.6g}"
             )
+        counts = self.query_counts
+        if counts is not None and np.shape(counts) != (x.shape[0],):
+            raise RuntimeError(f"attack {name} counted queries for {np.shape(counts)} images")
 
     @abstractmethod
     def _perturb(self, model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:

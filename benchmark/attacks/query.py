@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from benchmark.attacks.base import Attack, AttackInfo, Direction
@@ -100,6 +101,7 @@ class Square(Attack):
             better = score > best
             adv = torch.where(better.view(-1, 1, 1, 1), candidate, adv)
             best = torch.where(better, score, best)
+        self.query_counts = np.full(n, self.queries, dtype=np.int64)  # every image, every query
         return adv
 
 

@@ -6,8 +6,8 @@ A card (strict: unknown keys or wrong types are errors naming the file)::
     name = "pgd"                                # = file name; used in results and on the CLI
     target = "benchmark.attacks.gradient:PGD"   # Attack subclass, imported only when used
     family = "gradient"                         # gradient | query | universal | generative
-    norm = "linf"                               # linf | l2
-    eps = "8/255"                               # default budget: "k/255" or a float
+    norm = "linf"                               # linf | l2 | l0 (pixels changed)
+    eps = "8/255"                               # default budget: "k/255" or a float; "10px" for l0
     gradient_free = false                       # true: runs on models without gradients
     trainable = false                           # true: needs fit() before perturb()
     description = "..."
@@ -28,16 +28,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 from benchmark.attacks.base import Attack, AttackInfo, Direction
-from benchmark.budget import budget_label, parse_budget
+from benchmark.budget import budget_label, parse_budget_for
 from benchmark.cards import FieldSpec, card_paths, check_fields, read_toml
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.registry import Registry, load_target
 
 ENTRY_POINT_GROUP = "benchmark.attacks"
 FAMILIES = ("gradient", "query", "universal", "generative")
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2", "l0")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 _PARAM_TYPES = (str, int, float, bool)
+
+# Named sets `--attacks` accepts beside preset names, so a user reproduces a published
+# protocol with one word. "msu": the nine attacks of the MSU metrics-robustness benchmark
+# (Antsiferova et al., AAAI 2024): six per-image, three universal.
+ATTACK_SETS: dict[str, tuple[str, ...]] = {
+    "msu": ("fgsm", "ifgsm", "mifgsm", "amifgsm", "korhonen", "madc",
+            "uap", "cumulative-uap", "generative-uap"),
+}  # fmt: skip
 
 CARD_FIELDS: FieldSpec = {
     "name": ((str,), True),
@@ -67,7 +75,7 @@ class AttackCard:
 
     @property
     def eps_label(self) -> str:
-        return "-" if self.eps is None else budget_label(self.eps)
+        return "-" if self.eps is None else budget_label(self.eps, self.info.norm)
 
     def load(self) -> Callable[..., Attack]:
         """Import the attack class (or factory); ConfigError if that fails."""
@@ -110,7 +118,7 @@ def load_card(path: Path) -> AttackCard:
             raise ConfigError(
                 f"{path}: {key} must be one of {', '.join(allowed)}, got {data[key]!r}"
             )
-    eps = parse_budget(data["eps"], f"{path}: eps")
+    eps = parse_budget_for(data["eps"], data["norm"], f"{path}: eps")
     params = data.get("params", {})
     for key, value in params.items():
         values = value if isinstance(value, list) else [value]
@@ -186,7 +194,7 @@ def create_attack(
             )
         budget = card.eps
     else:
-        budget = parse_budget(eps)
+        budget = parse_budget_for(eps, card.info.norm)
     where = str(card.path) if card.path else card.target
     if overrides:
         where += " with " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
@@ -205,6 +213,16 @@ def create_attack(
             f"{where}: the card says trainable = true but {type(attack).__name__} has no fit()"
         )
     return attack
+
+
+def expand_attack_sets(names: Iterable[str]) -> tuple[str, ...]:
+    """Attack names with every set name (`ATTACK_SETS`) replaced by its members, in order,
+    each name once."""
+    out: dict[str, None] = {}
+    for name in names:
+        for member in ATTACK_SETS.get(name, (name,)):
+            out.setdefault(member, None)
+    return tuple(out)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -251,5 +269,9 @@ def _card_of(name: str | None, target: Any, meta: Mapping[str, Any]) -> AttackCa
         doc = (obj.__doc__ or "").strip().splitlines()
         info = AttackInfo(label, "plugin", description=doc[0] if doc else "")
     default_eps = getattr(obj, "default_eps", None)
-    eps = None if default_eps is None else parse_budget(default_eps, f"{target}: default_eps")
+    eps = (
+        None
+        if default_eps is None
+        else parse_budget_for(default_eps, info.norm, f"{target}: default_eps")
+    )
     return AttackCard(label, target, replace(info, name=label), eps, source="plugin")

@@ -14,7 +14,9 @@ def add_parser(sub: Any) -> None:
     r = sub.add_parser("run", help="attack models on a dataset and store the results")
     add_model_options(r)
     r.add_argument(
-        "--attacks", required=True, help="comma list of attack presets (see `list attacks`)"
+        "--attacks",
+        required=True,
+        help="comma list of attack presets (see `list attacks`) or sets: msu (the MSU benchmark's nine)",
     )
     r.add_argument(
         "--dataset", default="builtin", help="dataset card name or folder:PATH (default: builtin)"
@@ -24,7 +26,8 @@ def add_parser(sub: Any) -> None:
     r.add_argument(
         "--eps",
         default=None,
-        help="comma list of L_inf budgets like 4/255,8/255 (default: each card's)",
+        help="comma list of budgets like 4/255,8/255, or pixels like 10px for L0 attacks "
+        "(default: each card's)",
     )
     r.add_argument(
         "--direction",

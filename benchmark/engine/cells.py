@@ -278,8 +278,9 @@ class GroupContext:
         return np.array([self.clean[i] for i in batch.ids], dtype=np.float64)
 
 
-PER_IMAGE_KEYS = ("image_id", "mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
-ATTACK_KEYS = ("attacked", "linf", "l2", "psnr", "ssim", "seconds")
+PER_IMAGE_KEYS = ("image_id", "mos", "clean", "attacked", "linf", "l2", "l0", "psnr", "ssim",
+                  "seconds", "queries")  # fmt: skip
+ATTACK_KEYS = ("attacked", "linf", "l2", "l0", "psnr", "ssim", "seconds", "queries")
 
 
 def _attack_batches(
@@ -309,6 +310,8 @@ def _attack_batches(
             fitted = True
         t0 = time.perf_counter()
         x_adv = attack.perturb(ctx.attacker, batch.images, ctx.attacker_ref(batch))
+        counts = attack.query_counts  # score queries per image, for attacks that count them
+        rows["queries"].append(np.full(n, np.nan) if counts is None else counts)
         with torch.inference_mode(), seeded_rng(ctx.cfg.seed, x_adv.device):
             attacked = ctx.model.score(x_adv, ref).double().cpu().numpy()
         seconds = (time.perf_counter() - t0) / n
@@ -346,6 +349,8 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
     if status == "failed":
         for k in ATTACK_KEYS:
             arrays[k] = np.full(n, np.nan)
+    if np.isnan(arrays["queries"]).all():  # an attack that does not count its queries
+        arrays["queries"] = None
     if status == "done" and not np.isfinite(arrays["attacked"]).all():
         bad = int((~np.isfinite(arrays["attacked"])).sum())
         log.warning("%s: %d attacked score(s) are not finite", key, bad)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from benchmark.attacks.registry import expand_attack_sets
 from benchmark.errors import ConfigError
 from benchmark.store.cell import CellKey
 
@@ -58,7 +59,9 @@ class RunReport:
 
 
 def resolve_attacks(spec: str) -> tuple[str, ...]:
+    """`--attacks`: a comma list of preset names and named sets (`msu`: the MSU benchmark's
+    nine), each expanded in place."""
     names = tuple(s.strip() for s in spec.split(",") if s.strip())
     if not names:
         raise ConfigError("--attacks is empty")
-    return names
+    return expand_attack_sets(names)

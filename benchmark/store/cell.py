@@ -13,6 +13,9 @@ Status = Literal["done", "not_applicable", "failed"]
 
 # Per-image arrays of a cell, in this order on disk.
 PER_IMAGE_FIELDS = ("mos", "clean", "attacked", "linf", "l2", "psnr", "ssim", "seconds")
+# Per-image arrays a cell may lack (None): cells stored before they existed, and `queries`
+# for attacks that do not count model evaluations. Readers that predate them ignore them.
+OPTIONAL_PER_IMAGE_FIELDS = ("l0", "queries")  # pixels changed; score queries per image
 # Attack presets that need no input gradient, for cells stored before the runner recorded
 # `gradient_free` (from AttackInfo) in the attack config.
 KNOWN_GRADIENT_FREE = frozenset({"square"})
@@ -65,6 +68,9 @@ class CellResult:
     # For trained (universal/generative) attacks: the first image's perturbation, mapped from
     # [-eps, eps] to uint8 (H, W, 3), so the leaderboard can show what the attack learned.
     example_delta: np.ndarray | None = None
+    # Pixels changed per image (L0), and model evaluations per image for score-based attacks.
+    l0: np.ndarray | None = None
+    queries: np.ndarray | None = None
 
     # Each image's group, its source photograph (images cut from one photograph are not
     # independent: intervals resample groups); None for cells stored before groups were.
@@ -100,7 +106,7 @@ class CellResult:
 
 
 # Fields a `StoredCell` reads from the file only when asked (the per-image arrays).
-LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, "example_delta", "group")
+LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, *OPTIONAL_PER_IMAGE_FIELDS, "example_delta", "group")
 
 
 class StoredCell:

@@ -6,6 +6,7 @@ Layout (docs/architecture.md, "The results store")::
     <file>.journal/        cells written since the last compaction, one small file each
     /cells/<model>/<dataset>/<attack>/<eps>/<direction>/   one group per cell (in both)
         image_id, mos, clean, attacked, linf, l2, psnr, ssim, seconds   per-image datasets
+        l0, queries      optional per-image datasets (pixels changed, score queries)
         group (optional: each image's source photograph), example_delta (optional)
         attrs: status, gradient, reason, config_hash, key (JSON), attack_config (JSON),
                model_info (JSON), meta (JSON: versions, git, device, wall time, seed),
@@ -45,7 +46,13 @@ import numpy as np
 
 from benchmark.budget import budget_label
 from benchmark.errors import StoreError
-from benchmark.store.cell import PER_IMAGE_FIELDS, CellKey, CellResult, StoredCell
+from benchmark.store.cell import (
+    OPTIONAL_PER_IMAGE_FIELDS,
+    PER_IMAGE_FIELDS,
+    CellKey,
+    CellResult,
+    StoredCell,
+)
 
 FORMAT_VERSION = 2  # 2: journal beside the file, summaries, index; 1 reads as is
 INDEX = "index"  # one JSON header per cell, written by compaction (format 2)
@@ -316,7 +323,7 @@ def _cell_groups(root: h5py.Group | None) -> Iterator[h5py.Group]:
 
 def _check_lengths(cell: CellResult) -> None:
     n = len(cell)
-    optional = ("group",) if cell.group is not None else ()
+    optional = [f for f in (*OPTIONAL_PER_IMAGE_FIELDS, "group") if getattr(cell, f) is not None]
     for name in (*PER_IMAGE_FIELDS, *optional):
         if np.asarray(getattr(cell, name)).shape != (n,):
             raise StoreError(
@@ -330,6 +337,9 @@ def _write_cell(
     group.create_dataset("image_id", data=np.asarray(cell.image_id, dtype=object), dtype=_STR)
     for name in PER_IMAGE_FIELDS:
         group.create_dataset(name, data=np.asarray(getattr(cell, name), dtype=np.float64))
+    for name in OPTIONAL_PER_IMAGE_FIELDS:  # absent, not NaN, where a cell has none
+        if getattr(cell, name) is not None:
+            group.create_dataset(name, data=np.asarray(getattr(cell, name), dtype=np.float64))
     key = cell.key
     group.attrs["key"] = _json(
         {
@@ -416,6 +426,7 @@ def _read_cell(group: h5py.Group) -> CellResult:
     try:
         h = _group_header(group)
         arrays = {name: group[name][()] for name in PER_IMAGE_FIELDS}
+        arrays |= {n: group[n][()] for n in OPTIONAL_PER_IMAGE_FIELDS if n in group}
         return CellResult(
             **{k: h[k] for k in _CELL_HEADER},
             image_id=_strings(group["image_id"]),
