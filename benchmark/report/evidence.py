@@ -209,8 +209,9 @@ def render_block(spec: BlockSpec, root: Path, n_boot: int = 1000) -> str:
     out: list[str] = []
     for (norm, eps_label), group in rows.groupby(["norm", "eps_label"], sort=True):
         n = int(group["n_images"].max())
-        photos = group["n_groups"].max() if "n_groups" in group else None
-        images = f"{n} images" + (f" from {int(photos)} source photographs" if photos else "")
+        by_photo = group[group["ci_unit"] == "photograph"] if "ci_unit" in group else group[:0]
+        photos = int(by_photo["n_groups"].max()) if len(by_photo) else None
+        images = f"{n} images" + (f" from {photos} source photographs" if photos else "")
         unit = "source photographs, then images" if photos else "images"
         out += [
             f"{spec.heading} {norm} eps {eps_label} ({images}, direction {spec.direction})",
