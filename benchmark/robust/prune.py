@@ -252,9 +252,11 @@ def prune(
     fraction: float | None = None,
     example_input: torch.Tensor | Sequence[int] = (1, 3, 64, 64),
     layers: Sequence[str] | None = None,
+    fit_steps: int = 150,
 ) -> tuple[nn.Module, PruneReport]:
     """Return a pruned copy: per layer, channel groups with mean |w| < tau (or the lowest
     `fraction` of groups) are removed. Exactly one of `tau` / `fraction` must be given.
+    `fit_steps`: Adam steps fitting each smaller `ExplicitOrthConv2d` (see `slice_layer`).
     """
     if (tau is None) == (fraction is None):
         raise ValueError("prune: give exactly one of tau or fraction")
@@ -292,12 +294,12 @@ def prune(
         gone = sorted(c for i in drop for c in groups[i])
         keep_out = torch.tensor([c for c in range(n_out) if c not in set(gone)])
         trial = copy.deepcopy(model)
-        _set(trial, name, slice_layer(producer, keep_out, None))
+        _set(trial, name, slice_layer(producer, keep_out, None, fit_steps))
         for cname, mat in deps.items():
             cols_gone = mat[gone].any(dim=0)
             keep_in = torch.nonzero(~cols_gone).flatten()
             consumer = trial.get_submodule(cname)
-            _set(trial, cname, slice_layer(consumer, None, keep_in))
+            _set(trial, cname, slice_layer(consumer, None, keep_in, fit_steps))
         try:
             # torch.fx prints the whole traceback of a failing traced forward to stderr
             # before raising; the failure is expected here and recorded in the report.

@@ -279,7 +279,7 @@ def run_robustify(
             "finetune", net, tuned.minutes, epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch
         )
 
-    reloaded, evaluation = save_and_evaluate(train_cfg, net, test_ds, robust=True)
+    reloaded, evaluation = save_and_evaluate(train_cfg, net, test_ds, robust={"orth": cfg.orth})
     certified = certify(reloaded.cpu(), img_shape)
     robust = {
         "orth": cfg.orth,
