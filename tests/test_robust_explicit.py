@@ -319,3 +319,14 @@ def test_cli_refuses_an_unknown_orth_with_exit_code_2():
     with pytest.raises(SystemExit) as exc:
         main(["robustify", "--base", "cnniqa-builtin", "--orth", "spectral", "-o", "x"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(("shape", "p"), [((2, 3, 5, 7), 1), ((1, 2, 6, 6), 3), ((1, 1, 4, 9), 2)])
+def test_circular_pad_backward_equals_autograd_of_f_pad(shape, p):
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape[:-2], shape[-2] + 2 * p, shape[-1] + 2 * p, dtype=torch.float64)
+    ref = F.pad(x, (p,) * 4, mode="circular")
+    assert torch.equal(circular_pad(x, p, p), ref)
+    (ours,) = torch.autograd.grad((circular_pad(x, p, p) * g).sum(), x)
+    (theirs,) = torch.autograd.grad((ref * g).sum(), x)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
