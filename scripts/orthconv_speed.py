@@ -101,7 +101,7 @@ def measure(
 ) -> dict[str, float]:
     """Print the comparison (the lines `main` prints) and return the median ratios by case
     ("forward+backward", "cached inference" for OrthConv2d; "explicit forward+backward",
-    "explicit inference" for ExplicitOrthConv2d) and the norm errors. On CUDA every timed
+    "explicit cached inference" for ExplicitOrthConv2d) and the norm errors. On CUDA every timed
     call ends with a synchronisation."""
     print(describe(device))
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def measure(
     print(f"x {tuple(x.shape)} float32, 3x3, median of {rounds} rounds (per-round ratios)")
     out = {}
     names = ("nn.Conv2d", "OrthConv2d", "ExplicitOrthConv2d")
-    for case, make in (("forward+backward", train_step), ("inference", infer)):
+    for case, make in (("forward+backward", train_step), ("cached inference", infer)):
         fns = [make(layer) for layer in (conv, orth, expl)]
         for fn in fns + fns:  # warm-up; fills the eval caches
             fn()
@@ -145,10 +145,7 @@ def measure(
         for i in (1, 2):
             ratios = [t / t0 for t, t0 in zip(times[i], times[0], strict=True)]
             med = statistics.median(ratios)
-            label = case if i == 1 else f"explicit {case}"
-            if i == 1 and case == "inference":
-                label = "cached inference"
-            out[label] = med
+            out[case if i == 1 else f"explicit {case}"] = med
             print(
                 f"{'':17s} {names[i]:18s} {statistics.median(times[i]) * 1e3:8.1f} ms   "
                 f"ratio {med:5.2f}x (per-round min {min(ratios):.2f}, max {max(ratios):.2f})"
