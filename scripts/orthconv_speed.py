@@ -13,7 +13,11 @@ settings the runner uses (`benchmark.engine.allocator`: freed buffers are reused
 page-faulted in again, which on this VM cost more than the FFTs); `BENCHMARK_MALLOC=default`
 times glibc's default instead; an LD_PRELOAD'ed allocator (jemalloc, tcmalloc) is named.
 
+`--threaded-solve` restores the solve as it was before oneMKL was held to one thread there
+(`benchmark.robust.linalg.lu_solve_cpu`), to measure what that change is worth.
+
     python scripts/orthconv_speed.py [--rounds 7] [--threads N] [--device cpu|cuda]
+        [--threaded-solve]
 """
 
 from __future__ import annotations
@@ -168,9 +172,22 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ap.add_argument(
+        "--threaded-solve",
+        action="store_true",
+        help="let oneMKL thread OrthConv2d's batched solves (the behaviour before the fix)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.threaded_solve:
+        import benchmark.robust.orthconv as orthconv
+
+        def threaded(lu, piv, b, adjoint=False):  # noqa: ANN001, ANN202 -- lu_solve's own
+            return torch.linalg.lu_solve(lu, piv, b, adjoint=adjoint)
+
+        orthconv.lu_solve_cpu = threaded
+        print("oneMKL threads OrthConv2d's solves (--threaded-solve)")
     measure(args.rounds, args.batch, args.size, args.channels, args.device)
 
 
