@@ -219,3 +219,28 @@ def test_invalid_pivots_raise_a_clear_error_instead_of_a_wrong_result(monkeypatc
     layer = OrthConv2d(4, 4, 3).eval()
     with pytest.raises(FloatingPointError, match="invalid pivots"):
         layer(torch.randn(1, 4, 8, 8))
+
+
+def test_single_threaded_mkl_solve_is_bit_identical_and_restores_the_thread_setting():
+    import ctypes
+    import os
+
+    from benchmark.robust.linalg import lu_factor_checked, lu_solve_cpu, mkl_one_thread
+
+    torch.manual_seed(5)
+    a = torch.randn(40, 12, 12, dtype=torch.complex64)
+    m = torch.eye(12, dtype=torch.complex64) + a - a.mH
+    b = torch.randn(40, 12, 3, dtype=torch.complex64)
+    lu, piv = lu_factor_checked(m)
+    for adjoint in (False, True):
+        ours = lu_solve_cpu(lu, piv, b, adjoint=adjoint)
+        assert torch.equal(ours, torch.linalg.lu_solve(lu, piv, b, adjoint=adjoint))
+    threads = torch.get_num_threads()
+    if not torch.backends.mkl.is_available():
+        return
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    lib.MKL_Get_Max_Threads.restype = ctypes.c_int
+    before = lib.MKL_Get_Max_Threads()
+    with mkl_one_thread():
+        assert lib.MKL_Get_Max_Threads() == 1
+    assert lib.MKL_Get_Max_Threads() == before and torch.get_num_threads() == threads

@@ -39,6 +39,13 @@ def add_parser(subparsers: Any) -> None:
         help="start the orthogonal layers at random instead of from the base weights",
     )
     r.add_argument(
+        "--orth",
+        default="fourier",
+        choices=["fourier", "explicit"],
+        help="orthogonal convolution: fourier (OrthConv2d, FFT) or explicit (an orthogonal "
+        "k x k kernel: inference is one ordinary conv)",
+    )
+    r.add_argument(
         "--save-dtype",
         default="float32",
         choices=["float32", "float16"],
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         patches=args.patches,
         batch_size=args.batch_size,
         init_from_base=not args.random_init,
+        orth=args.orth,
         save_dtype=args.save_dtype,
         seed=args.seed,
         device=args.device,

@@ -16,6 +16,7 @@ from torch import nn
 from benchmark.errors import CheckpointError
 from benchmark.models.archs import PatchAverage, WithMSCN
 from benchmark.robust.convert import RobustifyReport, robustify
+from benchmark.robust.explicit import ExplicitOrthConv2d
 from benchmark.robust.layers import OrthLinear
 from benchmark.robust.orthconv import OrthConv2d
 from benchmark.robust.prune import PRUNABLE, slice_layer
@@ -37,12 +38,18 @@ def core_parent(net: nn.Module) -> tuple[nn.Module | None, str | None, nn.Module
 
 
 def convert_network(
-    net: nn.Module, init_from_base: bool = True, fit_steps: int = 60
+    net: nn.Module,
+    init_from_base: bool = True,
+    fit_steps: int | None = None,
+    orth: str = "fourier",
 ) -> tuple[nn.Module, RobustifyReport]:
-    """RobustBlock copy of a zoo network (wrappers kept, their core converted)."""
+    """RobustBlock copy of a zoo network (wrappers kept, their core converted); `orth` is
+    the card's choice of orthogonal convolution ("fourier" or "explicit")."""
     outer = copy.deepcopy(net).eval()
     parent, attr, core = core_parent(outer)
-    new_core, report = robustify(core, init_from_base=init_from_base, fit_steps=fit_steps)
+    new_core, report = robustify(
+        core, init_from_base=init_from_base, fit_steps=fit_steps, orth=orth
+    )
     if parent is None:
         return new_core, report
     setattr(parent, attr, new_core)
@@ -62,7 +69,7 @@ def resize_to_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path) 
                 f"{path}: {name}.weight has shape {tuple(want)}, incompatible with the "
                 f"architecture's {tuple(have)}"
             )
-        s2 = layer.stride**2 if isinstance(layer, OrthConv2d) else 1
+        s2 = layer.stride**2 if isinstance(layer, OrthConv2d | ExplicitOrthConv2d) else 1
         if want[0] > have[0] or want[1] > have[1] or want[1] % s2:
             raise CheckpointError(
                 f"{path}: {name}.weight has shape {tuple(want)}, wider than the "
@@ -72,14 +79,14 @@ def resize_to_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path) 
         keep_in = torch.arange(want[1] // s2) if want[1] != have[1] else None
         parent_name, _, attr = name.rpartition(".")
         parent = net.get_submodule(parent_name) if parent_name else net
-        setattr(parent, attr, slice_layer(layer, keep_out, keep_in))
+        setattr(parent, attr, slice_layer(layer, keep_out, keep_in, fit_steps=0))
 
 
 def layer_widths(net: nn.Module) -> dict[str, list[int]]:
     """[out, in] per RobustBlock layer: what the card shows of a pruned architecture."""
     out = {}
     for name, m in net.named_modules():
-        if isinstance(m, OrthConv2d):
+        if isinstance(m, OrthConv2d | ExplicitOrthConv2d):
             out[name] = [m.out_channels, m.in_channels]
         elif isinstance(m, OrthLinear):
             out[name] = [m.out_features, m.in_features]

@@ -133,7 +133,8 @@ def build_network(card: dict[str, Any]) -> torch.nn.Module:
     if "robust" in card:
         from benchmark.models.robust_net import convert_network, resize_to_state
 
-        net, _ = convert_network(net, init_from_base=False)
+        orth = card["robust"].get("orth", "fourier")
+        net, _ = convert_network(net, init_from_base=False, orth=orth)
         resize_to_state(net, state, ckpt)
     load_into(net, state, ckpt)
     return net.eval()

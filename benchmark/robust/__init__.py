@@ -2,10 +2,12 @@
 
 API: `robustify(model) -> (model, report)`, `prune(model, tau=..|fraction=..) -> (model,
 report)`, `lipschitz_upper_bound(model, input_shape) -> float | None`,
-`empirical_lipschitz(model, input_shape, n=...) -> float`.
+`empirical_lipschitz(model, input_shape, n=...) -> float`. `robustify(model, orth="explicit")`
+uses `ExplicitOrthConv2d` (explicit orthogonal kernel) instead of the Fourier `OrthConv2d`.
 """
 
-from benchmark.robust.convert import RobustifyReport, robustify
+from benchmark.robust.convert import ORTH_CHOICES, RobustifyReport, robustify
+from benchmark.robust.explicit import ExplicitOrthConv2d
 from benchmark.robust.layers import GroupSort, MaxMin, OrthLinear, SpaceToDepth
 from benchmark.robust.lipschitz import (
     LipschitzReport,
@@ -17,6 +19,8 @@ from benchmark.robust.orthconv import OrthConv2d, space_to_depth
 from benchmark.robust.prune import PruneReport, prune
 
 __all__ = [
+    "ORTH_CHOICES",
+    "ExplicitOrthConv2d",
     "GroupSort",
     "LipschitzReport",
     "MaxMin",

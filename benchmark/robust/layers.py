@@ -74,19 +74,19 @@ class MaxMin(GroupSort):
 
 
 def cayley_semi_orthogonal(weight: torch.Tensor) -> torch.Tensor:
-    """Map any real (out, in) matrix to a matrix with orthonormal columns (out >= in) or rows.
+    """Map any real (..., out, in) matrix to one with orthonormal columns (out >= in) or rows.
 
     Block-eliminated Cayley transform (Trockman & Kolter): only a min(out, in)-sized system
-    is solved.
+    is solved. Leading dimensions are a batch.
     """
-    out_f, in_f = weight.shape
+    out_f, in_f = weight.shape[-2:]
     if out_f < in_f:
-        return cayley_semi_orthogonal(weight.T).T
-    u, v = weight[:in_f], weight[in_f:]
+        return cayley_semi_orthogonal(weight.mT).mT
+    u, v = weight[..., :in_f, :], weight[..., in_f:, :]
     eye = torch.eye(in_f, dtype=weight.dtype, device=weight.device)
-    a = u - u.T + v.T @ v
+    a = u - u.mT + v.mT @ v
     inv = inverse_checked(eye + a)
-    return torch.cat([2 * inv - eye, -2 * v @ inv], dim=0)
+    return torch.cat([2 * inv - eye, -2 * v @ inv], dim=-2)
 
 
 class OrthLinear(nn.Module):

@@ -3,7 +3,9 @@
 The bound follows the data flow of one real forward pass (a `TorchFunctionMode` sees every
 torch op, functional ones inside `forward` included) and attaches to each tensor a bound on
 `||t(x) - t(x')|| / ||x - x'||`. RobustBlocks contribute their exact constants (1 for
-`OrthConv2d`, `MaxMin`, `SpaceToDepth`; |scale| for `OrthLinear`), plain layers an exact
+`OrthConv2d`, `MaxMin`, `SpaceToDepth`; |scale| for `OrthLinear`; the exact operator norm
+of its actual kernel at the traced input size for `ExplicitOrthConv2d`, so float rounding in
+its construction cannot slip under the bound), plain layers an exact
 operator norm (linear: SVD; conv: per-frequency SVD of the zero-padded conv embedded in a
 torus, an upper bound; power iteration would only give a lower estimate). An op without a
 rule, a data-dependent branch (`.item()`, `bool(tensor)`) or an input-dependent weight
@@ -24,11 +26,13 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from benchmark.robust.explicit import ExplicitOrthConv2d
 from benchmark.robust.layers import GroupSort, OrthLinear, SpaceToDepth
 from benchmark.robust.orthconv import OrthConv2d
 
 __all__ = [
     "LipschitzReport",
+    "circular_conv_norm",
     "conv2d_operator_bound",
     "empirical_lipschitz",
     "lipschitz_analysis",
@@ -146,6 +150,11 @@ def conv2d_operator_bound(
         .permute(0, 3, 1, 2)
         .reshape(-1, co // groups, cig)
     )
+    return _max_singular_value(spec)
+
+
+def _max_singular_value(spec: torch.Tensor) -> float:
+    """Largest singular value over a batch (F, a, b) of complex matrices, in chunks."""
     best = 0.0
     for chunk in spec.split(4096):
         small = chunk if chunk.shape[-2] <= chunk.shape[-1] else chunk.mH
@@ -154,9 +163,40 @@ def conv2d_operator_bound(
     return best
 
 
-def _leaf_constant(module: nn.Module) -> float | None:
+def circular_conv_norm(weight: torch.Tensor, input_hw: tuple[int, int]) -> float:
+    """Exact L2 norm of the circular conv with `weight` (co, ci, kh, kw) on an `input_hw` torus.
+
+    Taps that wrap around a torus smaller than the kernel are summed (that is what the
+    circular conv computes); where the taps sit does not change the singular values.
+    """
+    w = weight.detach().to(torch.float64)
+    co, ci, kh, kw = w.shape
+    h, wd = input_hw
+    torus = torch.zeros(co, ci, h, wd, dtype=torch.float64, device=w.device)
+    for a in range(kh):
+        for b in range(kw):
+            torus[:, :, a % h, b % wd] += w[:, :, a, b]
+    spec = torch.fft.rfft2(torus).permute(2, 3, 0, 1).reshape(-1, co, ci)
+    return _max_singular_value(spec)
+
+
+def _explicit_norm(module: ExplicitOrthConv2d, x: torch.Tensor) -> float:
+    """Operator norm of the layer's kernel at the size `x` has after space-to-depth."""
+    s = module.stride
+    hw = (-(-x.shape[-2] // s), -(-x.shape[-1] // s))
+    with torch.no_grad():
+        kernel = module.kernel()
+    if module.padding_mode == "circular":
+        return circular_conv_norm(kernel, hw)
+    pad = module.taps // 2
+    return conv2d_operator_bound(kernel, hw, (pad, pad))
+
+
+def _leaf_constant(module: nn.Module, args: tuple[Any, ...] = ()) -> float | None:
     if isinstance(module, (OrthConv2d, GroupSort, SpaceToDepth)):
         return 1.0
+    if isinstance(module, ExplicitOrthConv2d):
+        return _explicit_norm(module, args[0]) if args else None
     if isinstance(module, OrthLinear):
         return module.lipschitz()
     return None
@@ -195,7 +235,7 @@ class _Tracer(TorchFunctionMode):
         self.depth -= 1
         lin = self.stack.pop()
         if self.depth == 0 and lin > 0 and isinstance(out, torch.Tensor):
-            c = _leaf_constant(module)
+            c = _leaf_constant(module, args)
             self.factors.append((type(module).__name__, c))
             self.set(out, lin * c)
 
@@ -426,7 +466,7 @@ def lipschitz_analysis(module: nn.Module, input_shape: Sequence[int]) -> Lipschi
     tracer = _Tracer()
     handles = []
     for sub in module.modules():
-        if _leaf_constant(sub) is not None:
+        if isinstance(sub, ExplicitOrthConv2d) or _leaf_constant(sub) is not None:
             handles.append(sub.register_forward_pre_hook(tracer.pre_hook))
             handles.append(sub.register_forward_hook(tracer.post_hook))
     x = _example(module, input_shape)

@@ -12,7 +12,8 @@ Why it is written the way it is (measured on the 2-core CPU, see `scripts/orthco
   real kernel gives the conjugate symmetry `irfft2` needs for free.
 - Training never forms Q. With `M = I + A`, `Q x = 2 M^{-1} x - x`: one LU per frequency and a
   solve with the batch as right-hand sides; the backward reuses that LU (adjoint solve) and
-  needs no further factorisation.
+  needs no further factorisation. The solves hold oneMKL to one thread (`lu_solve_cpu`):
+  threaded, its per-matrix fork/joins made them 5-13x slower with 2 threads on the loaded VM.
 - `c_out != c_in` uses block elimination (`A = U - U^H + V^H V`), so only a
   `min(c_in, c_out)`-sized system is ever factorised.
 - Eval mode caches Q per input size (it is large: 64 channels at 128x128 is 272 MB in float32),
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.robust.linalg import inverse_checked, lu_factor_checked
+from benchmark.robust.linalg import inverse_checked, lu_factor_checked, lu_solve_cpu
 
 __all__ = ["OrthConv2d", "space_to_depth"]
 
@@ -69,14 +70,14 @@ class _SolveLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         lu, piv = lu_factor_checked(m)
-        z = torch.linalg.lu_solve(lu, piv, x)
+        z = lu_solve_cpu(lu, piv, x)
         ctx.save_for_backward(lu, piv, z)
         return z
 
     @staticmethod
     def backward(ctx, gz: torch.Tensor):  # type: ignore[override]
         lu, piv, z = ctx.saved_tensors
-        w = torch.linalg.lu_solve(lu, piv, gz.contiguous(), adjoint=True)
+        w = lu_solve_cpu(lu, piv, gz.contiguous(), adjoint=True)
         # negate the small (F, m, N) factor, not the (F, m, m) product
         gm = torch.matmul(-w, z.mH) if ctx.needs_input_grad[0] else None
         return gm, w

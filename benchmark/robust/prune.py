@@ -8,6 +8,11 @@ element and the consumers' inputs that change are recorded. This finds MaxMin pa
 form one group and are removed together (so MaxMin pairing is preserved exactly). A layer whose
 channels reach the output without a consumer, or whose surgery breaks the forward pass, is
 left alone and reported.
+
+An `ExplicitOrthConv2d` cannot lose rows or columns and stay orthogonal, so it is replaced
+by the nearest smaller one: its explicit kernel is sliced like a plain conv's, and a new
+layer of the smaller width is fitted to the slice (`explicit_from_kernel`); fine-tuning then
+recovers what the fit lost, as after slicing the generator of an `OrthConv2d`.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ import torch
 from torch import nn
 
 from benchmark.params import count_parameters
+from benchmark.robust.convert import explicit_from_kernel
+from benchmark.robust.explicit import ExplicitOrthConv2d
 from benchmark.robust.layers import OrthLinear
 from benchmark.robust.orthconv import OrthConv2d
 
 __all__ = ["PruneReport", "prune"]
 
-PRUNABLE = (OrthConv2d, nn.Conv2d, OrthLinear, nn.Linear)
+PRUNABLE = (OrthConv2d, ExplicitOrthConv2d, nn.Conv2d, OrthLinear, nn.Linear)
 
 
 @dataclass
@@ -48,10 +55,14 @@ class PruneReport:
 
 
 def _out_dim(layer: nn.Module, t: torch.Tensor) -> int:
-    return 1 if isinstance(layer, (nn.Conv2d, OrthConv2d)) else t.dim() - 1
+    return 1 if isinstance(layer, (nn.Conv2d, OrthConv2d, ExplicitOrthConv2d)) else t.dim() - 1
 
 
 def _channel_scores(layer: nn.Module) -> torch.Tensor:
+    if isinstance(layer, ExplicitOrthConv2d):  # its generators say nothing per channel
+        with torch.no_grad():
+            w = layer.kernel()
+        return w.abs().reshape(w.shape[0], -1).mean(dim=1)
     w = layer.weight.detach()
     return w.abs().reshape(w.shape[0], -1).mean(dim=1)
 
@@ -139,8 +150,19 @@ def _groups(deps: dict[str, torch.Tensor], n_out: int) -> list[list[int]]:
     return list(comps.values())
 
 
-def slice_layer(layer: nn.Module, keep_out: torch.Tensor | None, keep_in: torch.Tensor | None):
-    """A new, smaller layer of the same type with the given output rows / input columns."""
+def slice_layer(
+    layer: nn.Module,
+    keep_out: torch.Tensor | None,
+    keep_in: torch.Tensor | None,
+    fit_steps: int = 150,
+) -> nn.Module:
+    """A new, smaller layer of the same type with the given output rows / input columns.
+
+    `fit_steps`: Adam steps fitting a smaller `ExplicitOrthConv2d` to its sliced kernel (0
+    when the weights are about to be loaded from a checkpoint anyway).
+    """
+    if isinstance(layer, ExplicitOrthConv2d):
+        return _slice_explicit(layer, keep_out, keep_in, fit_steps)
     w = layer.weight.detach()
     bias = getattr(layer, "bias", None)
     if keep_out is not None:
@@ -193,6 +215,31 @@ def slice_layer(layer: nn.Module, keep_out: torch.Tensor | None, keep_in: torch.
     return new.train(layer.training)
 
 
+def _slice_explicit(
+    layer: ExplicitOrthConv2d,
+    keep_out: torch.Tensor | None,
+    keep_in: torch.Tensor | None,
+    fit_steps: int,
+) -> ExplicitOrthConv2d:
+    with torch.no_grad():
+        k = layer.kernel()
+    bias = layer.bias.detach() if layer.bias is not None else None
+    if keep_out is not None:
+        k = k[keep_out]
+        bias = bias[keep_out] if bias is not None else None
+    s2 = layer.stride**2
+    n_in = layer.in_channels
+    if keep_in is not None:
+        cols = (keep_in[:, None] * s2 + torch.arange(s2)).flatten()
+        k = k[:, cols]
+        n_in = len(keep_in)
+    new, _ = explicit_from_kernel(
+        k, n_in, layer.stride, layer.kernel_size, bias, steps=fit_steps,
+        padding_mode=layer.padding_mode,
+    )  # fmt: skip
+    return new.train(layer.training)
+
+
 def _set(model: nn.Module, name: str, layer: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -205,9 +252,11 @@ def prune(
     fraction: float | None = None,
     example_input: torch.Tensor | Sequence[int] = (1, 3, 64, 64),
     layers: Sequence[str] | None = None,
+    fit_steps: int = 150,
 ) -> tuple[nn.Module, PruneReport]:
     """Return a pruned copy: per layer, channel groups with mean |w| < tau (or the lowest
     `fraction` of groups) are removed. Exactly one of `tau` / `fraction` must be given.
+    `fit_steps`: Adam steps fitting each smaller `ExplicitOrthConv2d` (see `slice_layer`).
     """
     if (tau is None) == (fraction is None):
         raise ValueError("prune: give exactly one of tau or fraction")
@@ -245,12 +294,12 @@ def prune(
         gone = sorted(c for i in drop for c in groups[i])
         keep_out = torch.tensor([c for c in range(n_out) if c not in set(gone)])
         trial = copy.deepcopy(model)
-        _set(trial, name, slice_layer(producer, keep_out, None))
+        _set(trial, name, slice_layer(producer, keep_out, None, fit_steps))
         for cname, mat in deps.items():
             cols_gone = mat[gone].any(dim=0)
             keep_in = torch.nonzero(~cols_gone).flatten()
             consumer = trial.get_submodule(cname)
-            _set(trial, cname, slice_layer(consumer, None, keep_in))
+            _set(trial, cname, slice_layer(consumer, None, keep_in, fit_steps))
         try:
             # torch.fx prints the whole traceback of a failing traced forward to stderr
             # before raising; the failure is expected here and recorded in the report.

@@ -171,16 +171,17 @@ def save_checkpoint(net: nn.Module, path: Path, dtype: str = "float32") -> None:
 
 
 def reload_checkpoint(
-    arch: str, arch_params: dict[str, Any], path: Path, robust: bool = False
+    arch: str, arch_params: dict[str, Any], path: Path, robust: bool | dict[str, Any] = False
 ) -> nn.Module:
     """`path` loaded by the zoo loader itself (`models.zoo.build_network`), so a card's
     numbers are those of the network `create_model` gives; `robust`: a RobustBlock card,
-    whose pruned widths come from the checkpoint."""
+    whose pruned widths come from the checkpoint (a dict: the card's [robust] keys the
+    loader reads, e.g. `orth`)."""
     from benchmark.models.zoo import build_network
 
     card: dict[str, Any] = {"arch": arch, "arch_params": arch_params, "checkpoint": path.name}
     if robust:
-        card["robust"] = {}
+        card["robust"] = dict(robust) if isinstance(robust, dict) else {}
     return build_network({**card, "_path": path.parent / CARD_NAME})
 
 
@@ -337,7 +338,7 @@ def open_splits(
 
 
 def save_and_evaluate(
-    cfg: TrainConfig, net: nn.Module, test_ds: IQADataset, robust: bool = False
+    cfg: TrainConfig, net: nn.Module, test_ds: IQADataset, robust: bool | dict[str, Any] = False
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Write the checkpoint, reload it, and evaluate the *reloaded* network on `test_ds`.
 

@@ -83,6 +83,7 @@ class RobustifyConfig:
     patches: int | None = None
     batch_size: int | None = None
     init_from_base: bool = True
+    orth: str = "fourier"  # "explicit": ExplicitOrthConv2d instead of OrthConv2d
     save_dtype: str = "float32"
     seed: int = 0
     device: str = "cpu"
@@ -99,6 +100,8 @@ class RobustifyConfig:
         for key in ("epochs", "finetune_epochs", "patience"):
             if getattr(self, key) < 0 or (key == "patience" and self.patience < 1):
                 raise ConfigError(f"--{key.replace('_', '-')} must be positive")
+        if self.orth not in ("fourier", "explicit"):
+            raise ConfigError(f"--orth must be fourier or explicit, got {self.orth!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError("--save-dtype must be float32 or float16")
         if not (self.lr > 0 and self.finetune_lr > 0):
@@ -126,6 +129,8 @@ def command_line(cfg: RobustifyConfig) -> str:
             parts += [f"--{key.replace('_', '-')}", str(getattr(cfg, key))]
     if not cfg.init_from_base:
         parts += ["--random-init"]
+    if cfg.orth != "fourier":
+        parts += ["--orth", cfg.orth]
     if cfg.save_dtype != "float32":
         parts += ["--save-dtype", cfg.save_dtype]
     parts += ["--seed", str(cfg.seed), "--device", cfg.device]
@@ -239,7 +244,7 @@ def run_robustify(
     record("base", base_net, 0.0)
 
     t0 = time.time()
-    net, report = convert_network(base_net.cpu(), init_from_base=cfg.init_from_base)
+    net, report = convert_network(base_net.cpu(), init_from_base=cfg.init_from_base, orth=cfg.orth)
     net.to(cfg.device)
     record(
         "convert", net, (time.time() - t0) / 60, fully_converted=report.fully_converted,
@@ -274,9 +279,10 @@ def run_robustify(
             "finetune", net, tuned.minutes, epochs_run=tuned.epochs_run, best_epoch=tuned.best_epoch
         )
 
-    reloaded, evaluation = save_and_evaluate(train_cfg, net, test_ds, robust=True)
+    reloaded, evaluation = save_and_evaluate(train_cfg, net, test_ds, robust={"orth": cfg.orth})
     certified = certify(reloaded.cpu(), img_shape)
     robust = {
+        "orth": cfg.orth,
         "init_from_base": cfg.init_from_base,
         "fully_converted": report.fully_converted,
         "conversion": [f"{n}: {a} -> {b}" for n, a, b in report.converted],
@@ -285,8 +291,9 @@ def run_robustify(
         "prune_fraction": cfg.prune_fraction if cfg.prune_fraction is not None else "none",
         "widths": layer_widths(net),
     }
+    conv_kind = "Fourier" if cfg.orth == "fourier" else "explicit-kernel (BCOP)"
     description = (
-        f"RobustBlock version of {cfg.base}: orthogonal Fourier convolutions, MaxMin, orthogonal "
+        f"RobustBlock version of {cfg.base}: orthogonal {conv_kind} convolutions, MaxMin, orthogonal "
         f"linear layers; trained, pruned ({steps[-2 if cfg.finetune_epochs else -1]['parameters']:,}"
         f" parameters), fine-tuned on {train_cfg.dataset}/{train_cfg.train_split}"
         + ("" if "lipschitz" in certified else "; NO certified Lipschitz bound (see certified)")
