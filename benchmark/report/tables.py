@@ -33,6 +33,7 @@ import pandas as pd
 
 from benchmark.errors import StoreError
 from benchmark.report import scores
+from benchmark.report.certified import certificate_note
 from benchmark.report.sanity import CellGroup, failing_iterations
 from benchmark.report.scores import check_units, summarize_cell
 from benchmark.store.cell import Cell
@@ -132,6 +133,8 @@ _WORST_COLS = {
     "n_groups": "n_groups",
     "ci_unit": "ci_unit",
     "certified_gain": "certified_gain",
+    "certified_by": "certified_by",
+    "certified_abstain_rate": "certified_abstain_rate",
     "effect": "effect",
 }
 
@@ -194,6 +197,7 @@ def _model_rows(
                 notes.append(f"{n_failed} attack(s) failed: worst case over the rest")
             if (model, dataset, norm, eps, direction) in failing:
                 notes.append(FAILING_ITERATIONS_NOTE)
+            notes += certificate_note(counted)
         else:
             row.update({dst: np.nan for dst in _WORST_COLS.values()})
             row["worst_attack"] = ""
