@@ -110,7 +110,9 @@ def test_the_leaderboard_flags_a_gain_above_the_certified_bound() -> None:
     assert "1 image(s) beyond their certified interval" in rows.loc["rs0.25+broken", "note"]
     assert "BUG" not in rows.loc["rs0.25+honest", "note"]
     assert rows.loc["rs0.25+honest", "certified_gain"] == 0.25  # max(upper - clean)
-    assert rows.loc["rs0.25+honest", "certified_by"] == "rs"
+    per_cell = tables.cells.set_index("model")
+    assert per_cell.loc["rs0.25+honest", "certified_by"] == "rs"
+    assert per_cell.loc["rs0.25+broken", "certified_escapes"] == 1
 
 
 def test_cells_without_a_certificate_keep_their_summary() -> None:

@@ -133,8 +133,6 @@ _WORST_COLS = {
     "n_groups": "n_groups",
     "ci_unit": "ci_unit",
     "certified_gain": "certified_gain",
-    "certified_by": "certified_by",
-    "certified_abstain_rate": "certified_abstain_rate",
     "effect": "effect",
 }
 
