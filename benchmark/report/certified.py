@@ -44,12 +44,14 @@ def certified_terms(
     suffix: str = "",
 ) -> np.ndarray:
     """Each image's certified gain in the attacked direction (quality-up, normalised units);
-    NaN where the certificate abstained."""
+    NaN where the certificate abstained (its bounds at that radius are NaN)."""
     a, b = qmap(cert[f"lower{suffix}"]), qmap(cert[f"upper{suffix}"])
+    abstain = ~(np.isfinite(a) & np.isfinite(b))
+    if not suffix and "abstain" in cert:  # `abstain` is recorded for the ball's radius
+        abstain |= np.asarray(cert["abstain"], dtype=np.float64) > 0
     with np.errstate(invalid="ignore"):
         q_low, q_high = np.fmin(a, b), np.fmax(a, b)  # a lower-better score flips the interval
         terms = q_high - q if direction != "down" else q - q_low
-    abstain = np.asarray(cert.get("abstain", np.zeros_like(terms)), dtype=np.float64) > 0
     return np.where(abstain, np.nan, terms)
 
 
@@ -103,7 +105,9 @@ def certificate_note(rows: list[Mapping[str, Any]]) -> list[str]:
             )
     rates = [float(r.get("certified_abstain_rate") or 0.0) for r in rows]
     rates = [x for x in rates if np.isfinite(x) and x > 0]
-    if rates:
+    if rates and max(rates) >= 1:
+        notes.append("certificate abstained on every image: no certified bound")
+    elif rates:
         notes.append(
             f"certificate abstained on {max(rates):.0%} of images (certified over the rest)"
         )
