@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from benchmark.datasets.builtin import BuiltinDataset
 from benchmark.engine.cells import plan_cells, run_group
@@ -122,3 +123,15 @@ def test_cells_without_a_certificate_keep_their_summary() -> None:
     summary = build_tables([plain], n_boot=20).cells.iloc[0]
     assert summary["certified_by"] == "" and np.isnan(summary["certified_gain"])
     assert summary["certified_escapes"] == 0
+
+
+def test_an_abstention_over_the_ball_leaves_the_bound_at_l2_radius_eps() -> None:
+    """Median smoothing typically abstains at the L2 radius of an L_inf ball yet certifies
+    the (much smaller) L2 radius eps: each radius abstains on its own bounds."""
+    cell = _cell([0.6, 0.62], [np.nan, np.nan], "ms0.25+m")
+    cell.certified["lower"][:] = np.nan
+    cell.certified["abstain"][:] = 1.0
+    summary = build_tables([cell], n_boot=20).cells.iloc[0]
+    assert np.isnan(summary["certified_gain"]) and summary["certified_abstain_rate"] == 1
+    assert summary["certified_gain_l2eps"] == pytest.approx(0.1)  # upper_l2eps - clean
+    assert summary["certified_escapes"] == 0  # nothing certified, nothing to escape
