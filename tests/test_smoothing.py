@@ -24,6 +24,7 @@ from benchmark.models.smoothing import (
     SmoothedNet,
     certify,
     hoeffding_margin,
+    l2_radius,
     order_statistics,
     parse_smoothed,
     smoother_of,
@@ -182,3 +183,12 @@ def test_median_smoothing_abstains_without_the_order_statistic() -> None:
     # with enough samples the same radius is certified
     many = np.random.default_rng(0).uniform(0.3, 0.6, (4, 200))
     assert not certify(many, "ms", 0.25, 0.25).abstain.any()
+
+
+def test_the_l2_ball_contains_each_threat() -> None:
+    assert l2_radius(4 / 255, "l2", (3, 192, 192)) == 4 / 255
+    assert l2_radius(4 / 255, "linf", (3, 192, 192)) == pytest.approx(5.2165, abs=1e-4)
+    # 10 changed pixels, each of 3 values moving by at most 1: ||delta||_2 <= sqrt(30)
+    assert l2_radius(10, "l0", (3, 192, 192)) == pytest.approx(math.sqrt(30))
+    with pytest.raises(ConfigError, match="no L2 radius"):
+        l2_radius(1, "flow", (3, 8, 8))

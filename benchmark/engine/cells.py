@@ -34,7 +34,7 @@ from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.image_stats import perturbation_stats
 from benchmark.models.base import IQAModel
 from benchmark.models.registry import create_model
-from benchmark.models.smoothing import certify, l2_radius, smoother_of
+from benchmark.models.smoothing import Interval, certify, l2_radius, smoother_of
 from benchmark.paths import cache_dir
 from benchmark.provenance import run_meta
 from benchmark.store.cell import CERTIFIED_FIELDS, CellKey, CellResult
@@ -397,15 +397,21 @@ def certificates(
     ctx: GroupContext, key: CellKey, attack: Attack, ids: list[str]
 ) -> dict[str, np.ndarray] | None:
     """A smoothed model's certified interval of each image (raw units) at the L2 radius that
-    contains the cell's ball, and at L2 radius eps; None for a model that is not smoothed."""
+    contains the cell's ball, and at L2 radius eps (NaN for an L0 budget, counted in pixels);
+    None for a model that is not smoothed."""
     smoother = smoother_of(ctx.model)
     if smoother is None or not ids or ctx.input_shape is None:
         return None
     samples = np.stack([ctx.clean_samples[i] for i in ids])
-    radius = l2_radius(key.eps, attack.info.norm, int(np.prod(ctx.input_shape)))
+    norm = attack.info.norm
+    radius = l2_radius(key.eps, norm, ctx.input_shape)
     at_ball = certify(samples, smoother.method, smoother.sigma, radius)
-    at_eps = certify(samples, smoother.method, smoother.sigma, float(key.eps))
     n = len(ids)
+    at_eps = (
+        certify(samples, smoother.method, smoother.sigma, float(key.eps))
+        if norm != "l0"
+        else Interval(np.full(n, np.nan), np.full(n, np.nan))
+    )
     out = {
         "lower": smoother.to_raw(at_ball.lower),
         "upper": smoother.to_raw(at_ball.upper),

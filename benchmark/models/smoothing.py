@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -257,11 +258,14 @@ def certify(
     return INTERVALS[method](samples, sigma, radius, alpha)
 
 
-def l2_radius(eps: float, norm: str, dims: int) -> float:
-    """The L2 radius of a ball that contains the threat: eps itself for L2, eps * sqrt(D) for
-    an L_inf ball in D = C*H*W dimensions."""
+def l2_radius(eps: float, norm: str, shape: Sequence[int]) -> float:
+    """The L2 radius of a ball that contains the threat on a (C, H, W) image: eps itself for
+    L2, eps * sqrt(C*H*W) for an L_inf ball, sqrt(eps * C) for eps changed pixels (L0: each
+    of a pixel's C values moves by at most 1 in [0,1] images)."""
     if norm == "l2":
         return float(eps)
     if norm == "linf":
-        return float(eps) * math.sqrt(dims)
+        return float(eps) * math.sqrt(math.prod(shape))
+    if norm == "l0":
+        return math.sqrt(float(eps) * shape[0])
     raise ConfigError(f"no L2 radius for the {norm!r} threat model")
