@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.report.certified import EMPTY as CERTIFICATE_COLUMNS
 from benchmark.report.leaderboard import build_tables, render_html, terminal_table
 from benchmark.store.hdf5 import read_results
 
@@ -22,7 +23,7 @@ DATA = Path(__file__).parent / "data" / "premove"
 # export columns added since premove.h5 was written (its exports beside it are the old code's)
 ADDED = {
     "ranking": {"n_groups", "ci_unit", "tied_with", "units"},
-    "cells": {"n_groups", "ci_unit", "units"},
+    "cells": {"n_groups", "ci_unit", "units", *CERTIFICATE_COLUMNS},
 }
 # the command that wrote premove.h5 (its leaderboard and exports are beside it)
 COMMAND = [

@@ -34,9 +34,10 @@ from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.image_stats import perturbation_stats
 from benchmark.models.base import IQAModel
 from benchmark.models.registry import create_model
+from benchmark.models.smoothing import Interval, certify, l2_radius, smoother_of
 from benchmark.paths import cache_dir
 from benchmark.provenance import run_meta
-from benchmark.store.cell import CellKey, CellResult
+from benchmark.store.cell import CERTIFIED_FIELDS, CellKey, CellResult
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ class GroupContext:
     gradient_ok: bool | None = None
     gradient_reason: str = ""
     clean: dict[str, float] = field(default_factory=dict)
+    # a smoothed model's noise samples (normalised scores) of each clean image, which its
+    # certificates at every cell's radius are computed from
+    clean_samples: dict[str, np.ndarray] = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None  # (C, H, W) of the first batch, for bounds
     batch_size: int = 16  # the configured size, or the measured one (`resolve_batch_size`)
     batch_choice: BatchChoice | None = None
@@ -272,8 +276,14 @@ class GroupContext:
                         self.model.name,
                         self.gradient_reason,
                     )
+            smoother = smoother_of(self.model)
             with torch.inference_mode(), seeded_rng(self.cfg.seed, batch.images.device):
-                s = self.model.score(batch.images, ref).double().cpu().numpy()
+                if smoother is None:
+                    s = self.model.score(batch.images, ref).double().cpu().numpy()
+                else:  # the same smoothed score, its samples kept for the certificates
+                    samples = smoother.samples(batch.images, ref)
+                    s = smoother.to_raw(smoother.estimate(samples)).numpy()
+                    self.clean_samples.update(zip(batch.ids, samples.numpy(), strict=True))
             self.clean.update(zip(batch.ids, s, strict=True))
         return np.array([self.clean[i] for i in batch.ids], dtype=np.float64)
 
@@ -378,8 +388,40 @@ def run_cell(ctx: GroupContext, key: CellKey, attack: Attack, progress: bool = T
         }
         | ({"attack_runtime": attack.runtime()} if hasattr(attack, "runtime") else {}),
         example_delta=example[0] if example and status == "done" else None,
+        certified=certificates(ctx, key, attack, rows["image_id"]) if status != "failed" else None,
         **arrays,
     )
+
+
+def certificates(
+    ctx: GroupContext, key: CellKey, attack: Attack, ids: list[str]
+) -> dict[str, np.ndarray] | None:
+    """A smoothed model's certified interval of each image (raw units) at the L2 radius that
+    contains the cell's ball, and at L2 radius eps (NaN for an L0 budget, counted in pixels);
+    None for a model that is not smoothed."""
+    smoother = smoother_of(ctx.model)
+    if smoother is None or not ids or ctx.input_shape is None:
+        return None
+    samples = np.stack([ctx.clean_samples[i] for i in ids])
+    norm = attack.info.norm
+    radius = l2_radius(key.eps, norm, ctx.input_shape)
+    at_ball = certify(samples, smoother.method, smoother.sigma, radius)
+    n = len(ids)
+    at_eps = (
+        certify(samples, smoother.method, smoother.sigma, float(key.eps))
+        if norm != "l0"
+        else Interval(np.full(n, np.nan), np.full(n, np.nan))
+    )
+    out = {
+        "lower": smoother.to_raw(at_ball.lower),
+        "upper": smoother.to_raw(at_ball.upper),
+        "lower_l2eps": smoother.to_raw(at_eps.lower),
+        "upper_l2eps": smoother.to_raw(at_eps.upper),
+        "radius": np.full(n, radius),
+        "n_samples": np.full(n, float(smoother.n)),
+        "abstain": at_ball.abstain.astype(np.float64),
+    }
+    return {k: out[k] for k in CERTIFIED_FIELDS}
 
 
 def _concat(parts: list[Any], n: int) -> np.ndarray:

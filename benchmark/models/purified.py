@@ -2,7 +2,8 @@
 
 Named `<purifier><param>+<base>` on the command line (`jpeg50+cnniqa-builtin`,
 `median3+ssim`, `bits4+...`, `blur1.0+...`, `resize1.15+...`; chains like
-`jpeg50+median3+base` work). How each is attacked, so none looks strong by masking gradients:
+`jpeg50+median3+base` work; certified smoothing `rs0.25+base`, `ms0.25n400+base` composes the
+same way, see benchmark.models.smoothing). How each is attacked, so none looks strong by masking gradients:
 
 - `jpeg<Q>`: real JPEG re-compression (PIL) in the forward pass; the backward pass is that of
   a differentiable JPEG codec at the same quality (kornia's, Reich et al. 2024: YCbCr, 4:2:0
@@ -35,6 +36,7 @@ from torch import nn
 
 from benchmark.errors import ConfigError
 from benchmark.models.base import IQAModel
+from benchmark.models.smoothing import parse_smoothed, smoothed_model
 
 EOT_SAMPLES = 8
 _SPEC = re.compile(r"^(jpeg|bits|median|blur|resize)(\d+(?:\.\d+)?)\+(.+)$")
@@ -179,12 +181,20 @@ class PurifiedNet(nn.Module):
 
 
 def parse_purified(name: str) -> tuple[str, float, str] | None:
-    """`jpeg50+cnniqa-builtin` -> ("jpeg", 50.0, "cnniqa-builtin"); None if not such a name."""
+    """`jpeg50+cnniqa-builtin` -> ("jpeg", 50.0, "cnniqa-builtin"); None if not such a name.
+
+    Smoothing defenses (`rs0.25+...`, `ms0.5n400+...`, benchmark.models.smoothing) compose the
+    same way and parse as (method, sigma, base)."""
+    smoothed = parse_smoothed(name)
+    if smoothed is not None:
+        return smoothed.method, smoothed.sigma, smoothed.base
     m = _SPEC.match(name)
     return None if m is None else (m.group(1), float(m.group(2)), m.group(3))
 
 
 def purified_model(name: str, base: IQAModel) -> IQAModel:
+    if parse_smoothed(name) is not None:
+        return smoothed_model(name, base)
     kind, value, _ = parse_purified(name)  # type: ignore[misc]
     purifier = PURIFIERS[kind](value)
     if base.info.kind == "FR" and purifier.stochastic:

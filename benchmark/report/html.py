@@ -63,7 +63,10 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "beyond the range show inflation beyond it.",
     "Certified cap": "Provable upper bound on the absolute gain of ANY perturbation within the "
     "budget: L * eps * sqrt(3HW) / (score range), with L the model's certified L2 Lipschitz "
-    "bound from its card (RobustBlock models); '-' where no bound is known.",
+    "bound from its card (RobustBlock models); for a smoothed model (rs/ms), the largest "
+    "certified gain of its images (upper bound of the smoothed score minus its clean value, "
+    "within the L2 ball that contains the budget, confidence 1 - alpha per image); '-' where "
+    "no bound is known. A gain above it is flagged in Note as a bug.",
     "[score range] / [MSU min-max]": "The units of the gain columns. Score range (the "
     "default): scores normalised by the model's declared range. MSU min-max (`leaderboard "
     "--units msu`): by the min and max of each cell's clean scores, as the MSU metrics "
@@ -81,7 +84,8 @@ COLUMN_DEFINITIONS: dict[str, str] = {
     "without input gradient).",
     "Failed": "Attack cells that failed or produced no finite score (see the failures table).",
     "Note": "Caveats of the row: for a purified model, how gradient attacks reached it (BPDA "
-    "and its stand-in for a non-differentiable purifier, EOT draws for a random one).",
+    "and its stand-in for a non-differentiable purifier, EOT draws for a random one or a "
+    "smoothed model); a gain above the certified bound (BUG) and certificate abstentions.",
 }
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from benchmark.errors import StoreError
-from benchmark.report import scores
+from benchmark.report import certified, scores
+from benchmark.report.certified import certificate_note
 from benchmark.report.sanity import CellGroup, failing_iterations
 from benchmark.report.scores import check_units, summarize_cell
 from benchmark.store.cell import Cell
@@ -60,7 +61,9 @@ def _outcome(cell: Cell, summary: Mapping[str, Any]) -> tuple[str, str]:
 
 
 # The scoring code's fingerprint: a summary stored by other code is recomputed, never reused.
-SCORES_CODE = hashlib.sha1(Path(scores.__file__).read_bytes()).hexdigest()[:16]
+SCORES_CODE = hashlib.sha1(
+    b"".join(Path(m.__file__).read_bytes() for m in (scores, certified))
+).hexdigest()[:16]
 
 
 def _summary_of(n_boot: int, seed: int, units: str) -> dict[str, Any]:
@@ -194,6 +197,7 @@ def _model_rows(
                 notes.append(f"{n_failed} attack(s) failed: worst case over the rest")
             if (model, dataset, norm, eps, direction) in failing:
                 notes.append(FAILING_ITERATIONS_NOTE)
+            notes += certificate_note(counted)
         else:
             row.update({dst: np.nan for dst in _WORST_COLS.values()})
             row["worst_attack"] = ""

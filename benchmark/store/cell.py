@@ -19,6 +19,11 @@ OPTIONAL_PER_IMAGE_FIELDS = ("l0", "queries")  # pixels changed; score queries p
 # Attack presets that need no input gradient, for cells stored before the runner recorded
 # `gradient_free` (from AttackInfo) in the attack config.
 KNOWN_GRADIENT_FREE = frozenset({"square"})
+# Per-image arrays of a smoothed model's certificate (`CellResult.certified`), all optional:
+# certified lower/upper bound of the smoothed score (raw units) at the L2 radius that contains
+# the cell's threat, the same at L2 radius eps, that radius, noise samples, abstained (0/1).
+CERTIFIED_FIELDS = ("lower", "upper", "lower_l2eps", "upper_l2eps", "radius", "n_samples",
+                    "abstain")  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)
@@ -76,6 +81,10 @@ class CellResult:
     # independent: intervals resample groups); None for cells stored before groups were.
     group: np.ndarray | None = None
 
+    # For a smoothed model (benchmark.models.smoothing): the certificate of each image, keyed
+    # by CERTIFIED_FIELDS; None for every other cell and for cells stored before it existed.
+    certified: dict[str, np.ndarray] | None = None
+
     # The per-cell scores (`report.tables.cell_summary`) computed when the cell was written,
     # so a leaderboard need not recompute them; None for cells stored without one.
     summary: dict[str, Any] | None = None
@@ -106,7 +115,9 @@ class CellResult:
 
 
 # Fields a `StoredCell` reads from the file only when asked (the per-image arrays).
-LAZY_FIELDS = ("image_id", *PER_IMAGE_FIELDS, *OPTIONAL_PER_IMAGE_FIELDS, "example_delta", "group")
+LAZY_FIELDS = (
+    "image_id", *PER_IMAGE_FIELDS, *OPTIONAL_PER_IMAGE_FIELDS, "example_delta", "group", "certified"
+)  # fmt: skip
 
 
 class StoredCell:

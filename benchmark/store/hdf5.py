@@ -8,6 +8,8 @@ Layout (docs/architecture.md, "The results store")::
         image_id, mos, clean, attacked, linf, l2, psnr, ssim, seconds   per-image datasets
         l0, queries      optional per-image datasets (pixels changed, score queries)
         group (optional: each image's source photograph), example_delta (optional)
+        certified/{lower, upper, ...} (optional: a smoothed model's certificate, a subgroup
+        older readers skip)
         attrs: status, gradient, reason, config_hash, key (JSON), attack_config (JSON),
                model_info (JSON), meta (JSON: versions, git, device, wall time, seed),
                summary (JSON, optional: the cell's scores, computed when it was written)
@@ -47,6 +49,7 @@ import numpy as np
 from benchmark.budget import budget_label
 from benchmark.errors import StoreError
 from benchmark.store.cell import (
+    CERTIFIED_FIELDS,
     OPTIONAL_PER_IMAGE_FIELDS,
     PER_IMAGE_FIELDS,
     CellKey,
@@ -329,6 +332,12 @@ def _check_lengths(cell: CellResult) -> None:
             raise StoreError(
                 f"cell {cell.key}: {name} has shape {np.shape(getattr(cell, name))}, expected ({n},)"
             )
+    for name, values in (cell.certified or {}).items():
+        if name not in CERTIFIED_FIELDS or np.shape(values) != (n,):
+            raise StoreError(
+                f"cell {cell.key}: certified {name} of shape {np.shape(values)} is not one of "
+                f"{', '.join(CERTIFIED_FIELDS)} of shape ({n},)"
+            )
 
 
 def _write_cell(
@@ -364,6 +373,10 @@ def _write_cell(
         group.create_dataset("example_delta", data=np.asarray(cell.example_delta, dtype=np.uint8))
     if cell.group is not None:
         group.create_dataset("group", data=np.asarray(cell.group, dtype=object), dtype=_STR)
+    if cell.certified is not None:
+        cert = group.create_group("certified")
+        for name, values in cell.certified.items():
+            cert.create_dataset(name, data=np.asarray(values, dtype=np.float64))
 
 
 _RAW_JSON_ATTRS = ("key", "model_info", "attack_config", "meta")
@@ -432,10 +445,18 @@ def _read_cell(group: h5py.Group) -> CellResult:
             image_id=_strings(group["image_id"]),
             example_delta=group["example_delta"][()] if "example_delta" in group else None,
             group=_strings(group["group"]) if "group" in group else None,
+            certified=_certified(group),
             **arrays,
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise StoreError(f"cell {unquote(group.name)} is malformed: {exc}") from exc
+
+
+def _certified(group: h5py.Group) -> dict[str, np.ndarray] | None:
+    if "certified" not in group:
+        return None
+    cert = group["certified"]
+    return {name: cert[name][()] for name in CERTIFIED_FIELDS if name in cert}
 
 
 def _strings(dataset: h5py.Dataset) -> np.ndarray:
