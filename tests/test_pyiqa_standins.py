@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import ModelUnavailable
-from benchmark.models.base import IQAModel, ModelInfo
+from benchmark.models.base import IQAModel
 from benchmark.models.offline import pkg_resources_shim, standin_caches
 from benchmark.models.pyiqa_adapter import (
     EOT_SAMPLES,
@@ -137,3 +137,61 @@ def test_standins_build_a_metric_but_never_count_as_its_weights(tmp_path: Path, 
     assert not any("pyiqa-standin" in str(p) for p in (tmp_path / "cache").parents)
     with pytest.raises(ModelUnavailable):  # the real cache has no cnniqa weights
         create_pyiqa_model("cnniqa")
+
+
+# >= 20 NR metrics across the families, chosen to run in a few minutes on 2 loaded cores
+# (the heavy ones, e.g. MANIQA, HyperIQA, TReS, LAION-Aes, are in docs/pyiqa-metrics.md only).
+FAMILIES = {
+    "cnn": ["cnniqa", "dbcnn", "paq2piq", "wadiqam_nr", "metaiqa", "unique"],
+    "cnn (inception-resnet, vgg)": ["nima", "nima-koniq", "nima-vgg16-ava"],
+    "cnn + attention (multi-scale features)": [
+        "topiq_nr", "topiq_nr-spaq", "topiq_nr-flive", "topiq_iaa_res50",
+    ],
+    "transformer (multi-scale)": ["musiq", "musiq-ava", "musiq-spaq", "musiq-paq2piq", "uranker"],
+    "clip": ["clipiqa", "clipiqa+_rn50_512"],
+}  # fmt: skip
+METRICS = [m for names in FAMILIES.values() for m in names]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_twenty_nr_metrics_run_end_to_end_on_standins(tmp_path: Path, script) -> None:
+    """Each builds through pyiqa's own loader, is gradient-checked, and stores an I-FGSM cell."""
+    from PIL import Image
+
+    import benchmark
+    from benchmark.store.hdf5 import ResultStore
+
+    assert len(METRICS) >= 20
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    cache = tmp_path / "cache"
+    with script.standin_cache(cache):
+        for name in METRICS:
+            _, unmade, error = script.make_standins(name, cache)
+            assert not unmade, f"{name}: {unmade} ({error})"
+        result = benchmark.run(
+            models=METRICS,
+            attacks=["ifgsm"],
+            dataset=f"folder:{images}",
+            eps="4/255",
+            params={"steps": 2},
+            batch_size=2,
+            out=tmp_path / "r.h5",
+            progress=False,
+        )
+    cells = {c.key.model: c for c in ResultStore(tmp_path / "r.h5").read_cells()}
+    assert set(cells) == set(METRICS), result.report
+    for name, cell in cells.items():
+        assert cell.model_info["extra"]["standin_weights"] is True
+        assert np.isfinite(cell.clean).all() and len(cell.clean) == 2, name
+        if cell.gradient == "none":  # reported, never scored as robust
+            assert cell.status == "not_applicable" and np.isnan(cell.attacked).all(), name
+            continue
+        assert cell.status == "done", (name, cell.reason)
+        sign = -1.0 if cell.model_info["lower_better"] else 1.0
+        assert (sign * (cell.attacked - cell.clean)).mean() > 0, (name, cell.clean, cell.attacked)
+        assert cell.linf.max() <= 4 / 255 + 1e-6

@@ -154,6 +154,9 @@ class PyiqaNet(torch.nn.Module):
         return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
 
     def _raw(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        # Copies: some metrics (A-FINE) write into their input, which must neither change the
+        # caller's images nor fail autograd on a leaf that requires grad.
+        x, ref = x.clone(), (None if ref is None else ref.clone())
         with fast_float64_conv():
             out = self.metric(x, ref) if self.kind == "FR" else self.metric(x)
         out = out[0] if isinstance(out, tuple) else out
