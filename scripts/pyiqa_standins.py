@@ -439,14 +439,15 @@ def measure(name: str, size: int = 192, steps: int = 5) -> dict[str, Any]:
                 b = model.score(x[:1], ref_arg[:1] if ref_arg is not None else None)
             row["deterministic"] = bool(torch.equal(a, b))
             row["score"] = float(a[0])
-            xi = x[:1].clone().requires_grad_(True)
-            t0 = time.perf_counter()
-            q = model.quality(xi, ref_arg[:1] if ref_arg is not None else None)
-            q.sum().backward()
-            row["s_per_image"] = time.perf_counter() - t0
-            row["peak_rss_mib"] = _rss_mib()
             ok, why = check_gradient(model, x, ref_arg)
             row["gradient"] = "ok" if ok else f"none ({why})"
+            xi = x[:1].clone().requires_grad_(ok)
+            t0 = time.perf_counter()
+            q = model.quality(xi, ref_arg[:1] if ref_arg is not None else None)
+            if ok:  # without a usable gradient: the forward alone
+                q.sum().backward()
+            row["s_per_image"] = time.perf_counter() - t0
+            row["peak_rss_mib"] = _rss_mib()
             if ok:
                 attack = create_attack("ifgsm", eps=4 / 255, steps=steps, alpha="1/255")
                 with torch.no_grad():
@@ -496,8 +497,14 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per metric")
     ap.add_argument("--out", type=Path, help="write the markdown table here")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    ap.add_argument("--render", type=Path, help="only render --out from a --json of rows")
+    ap.add_argument("--command", default="", help="with --render: the command that measured")
+    ap.add_argument("--load", default="", help="with --render: the load it ran under")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child process: one metric, JSON on stdout
     args = ap.parse_args()
+    if args.render:
+        args.out.write_text(render(json.loads(args.render.read_text()), args.command, args.load))
+        return 0
     if args.one:
         row = measure(args.one)
         print("\n@@ROW@@" + json.dumps(row))
@@ -508,6 +515,8 @@ def main() -> int:
         DEFAULT_CONFIGS, key=lambda n: (DEFAULT_CONFIGS[n].get("metric_mode", "NR") != "NR", n)
     )
     rows = []
+    command = "OMP_NUM_THREADS=1 python scripts/pyiqa_standins.py " + " ".join(sys.argv[1:])
+    load = "load average {:.1f} / {:.1f} / {:.1f} at the start".format(*os.getloadavg())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     for name in names:
         kind = DEFAULT_CONFIGS[name].get("metric_mode", "NR")
@@ -537,17 +546,67 @@ def main() -> int:
         if args.json:  # after every row: a stopped run keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
         if args.out:
-            args.out.write_text(render(rows))
+            args.out.write_text(render(rows, command, load))
     return 0
 
 
-def render(rows: list[dict[str, Any]]) -> str:
+def render(rows: list[dict[str, Any]], command: str = "", load: str = "") -> str:
+    """The document: command, machine, the table, and what cannot run and why."""
     head = (
         "| metric | kind | builds with stand-ins | input policy | peak RSS MiB | s / image fwd+bwd "
         "| deterministic | input gradient | I-FGSM raises the score (gain per image) |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
-    return head + "\n" + "\n".join(_fmt_row(r) for r in rows) + "\n"
+    never = [r for r in rows if r.get("skipped")]
+    broken = [r for r in rows if r.get("builds") and "error" in r]
+    unmade = [r for r in rows if r.get("builds") is False and "stand-in maker" in r.get("why", "")]
+    slow = [r for r in rows if r.get("timeout")]
+    lines = [
+        "# pyiqa metrics on stand-in weights",
+        "",
+        "Every pyiqa metric built through pyiqa's own loading code, offline, on **stand-in",
+        "weights** (random tensors with the names and shapes its loaders read, in a temporary",
+        "cache: `scripts/pyiqa_standins.py`), then scored through the benchmark's adapter. The",
+        "scores mean nothing; what the table shows is whether the path works: the build, the",
+        "input sizes accepted, cost, determinism, the input gradient and one I-FGSM attack.",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: the shared 2-core CPU box, OMP_NUM_THREADS=1, {load}. Times are wall",
+        "clock under that load: compare rows, not machines. Peak RSS is the measuring",
+        "process's (build + one forward/backward). I-FGSM: eps 4/255, 5 steps of 1/255, two",
+        "192x192 random images, through the benchmark's attack and adapter. Deterministic:",
+        "two scorings of the same image are equal. Input gradient: the runner's check.",
+        "",
+        head,
+        *(_fmt_row(r) for r in rows),
+        "",
+        "## What cannot run, and why",
+        "",
+    ]
+    if never:
+        lines.append("Not run here, and not runnable on this CPU even with the real weights:")
+        lines += [f"- `{r['name']}`: {r['skipped']}" for r in never]
+        lines.append("")
+    if broken:
+        lines.append(
+            "Built, but failed when scored or attacked (a bug to fix, not a weights problem):"
+        )
+        lines += [f"- `{r['name']}`: {r['error']}" for r in broken]
+        lines.append("")
+    if unmade:
+        lines.append(
+            "Not covered by the stand-in maker (a file read as a tuple, a bare tensor, a "
+            "TorchScript module of unknown architecture or a .mat file, or keys renamed on "
+            "load): untested here, expected to run with the real files:"
+        )
+        lines += [f"- `{r['name']}`: {r['why']}" for r in unmade]
+        lines.append("")
+    if slow:
+        lines.append("Over the per-metric time limit on this loaded CPU (not a failure):")
+        lines += [f"- `{r['name']}`" for r in slow]
+        lines.append("")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
