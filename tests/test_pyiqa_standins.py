@@ -87,12 +87,12 @@ def test_a_deterministic_metric_is_left_alone() -> None:
 
 def test_a_metric_that_refuses_small_images_gets_them_upscaled_and_says_so() -> None:
     net, policy = _wrap(NeedsBigInput())
-    assert policy["min_side"] == 128 and "128" in policy["input_policy"]
+    assert policy["min_side"] == 100 and "100" in policy["input_policy"]
     x = torch.rand(2, 3, 40, 60, requires_grad=True)
     out = net(x)
     (g,) = torch.autograd.grad(out.sum(), x)
     assert out.shape == (2,) and (g != 0).all()
-    big = torch.rand(1, 3, 130, 140)
+    big = torch.rand(1, 3, 100, 140)
     torch.testing.assert_close(net(big), big.mean(dim=(1, 2, 3)))  # large enough: untouched
 
 

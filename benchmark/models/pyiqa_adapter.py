@@ -180,31 +180,42 @@ class PyiqaNet(torch.nn.Module):
         return torch.cat(scores)
 
 
+def _scores(net: PyiqaNet, side: int, device: torch.device) -> torch.Tensor | None:
+    """The score of a fixed random side x side image, or None if the metric refuses it."""
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side)).to(device)
+    try:
+        with torch.no_grad():
+            return net._raw(x, x.clone() if net.kind == "FR" else None)
+    except (RuntimeError, ValueError, IndexError, AssertionError, ZeroDivisionError):
+        return None
+
+
 def fit_input_policy(net: PyiqaNet, device: torch.device) -> dict[str, Any]:
     """Find the smallest square input the metric scores and whether it samples at random.
 
     Why: pyiqa metrics crop, resize and sample in their own ways; a metric that refuses a
     small image would fail every cell, and one whose score changes from call to call would
-    make clean and attacked scores incomparable (pyiqa issue 48). One scoring of a fixed
-    image per size tried, without gradient. Raises the last error if no size scores.
+    make clean and attacked scores incomparable (pyiqa issue 48). The smallest side is
+    bisected between the ladder's rungs, so an image the metric accepts is never resized.
+    One scoring of a fixed image per size tried, without gradient. Raises the metric's own
+    error if no size scores.
     """
-    g = torch.Generator().manual_seed(0)
-    last: Exception | None = None
+    prev = 0
     for side in SIZE_LADDER:
-        x = torch.rand(1, 3, side, side, generator=g).to(device)
-        ref = x.clone() if net.kind == "FR" else None
         before = _rng_states()
-        try:
-            with torch.no_grad():
-                out = net._raw(x, ref)
-        except (RuntimeError, ValueError, IndexError, AssertionError, ZeroDivisionError) as exc:
-            last = exc
+        out = _scores(net, side, device)
+        if out is None:
+            prev = side
             continue
         net.stochastic = _rng_used(before)
+        lo, hi = prev, side  # lo refused (or 0), hi scores
+        while hi - lo > 1 and lo > 0:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _scores(net, mid, device) is not None else (mid, hi)
+        net.min_side = hi if prev else 0
         net.eot = EOT_SAMPLES if net.stochastic else 1
-        net.min_side = 0 if side == SIZE_LADDER[0] else side
         policy = (
-            f"upscaled (bilinear) to a short side of {side} below it"
+            f"refuses a short side below {hi}: upscaled (bilinear) to it"
             if net.min_side
             else "any size"
         )
@@ -216,8 +227,10 @@ def fit_input_policy(net: PyiqaNet, device: torch.device) -> dict[str, Any]:
             "stochastic": net.stochastic,
             "eot_samples": net.eot,
         }
-    assert last is not None
-    raise last
+    x = torch.rand(1, 3, SIZE_LADDER[-1], SIZE_LADDER[-1]).to(device)
+    with torch.no_grad():  # raises the metric's own error
+        net._raw(x, x.clone() if net.kind == "FR" else None)
+    raise RuntimeError(f"no score for sides {SIZE_LADDER}")
 
 
 def pyiqa_metric(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
