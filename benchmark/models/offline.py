@@ -8,11 +8,18 @@ BENCHMARK_ALLOW_DOWNLOAD=1 on a machine with network to let pyiqa fetch its weig
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 from benchmark.errors import ModelUnavailable
+
+# A file of this name in a weight cache marks it as holding random stand-in weights (made by
+# scripts/pyiqa_standins.py for tests): the availability probe never reports such a cache usable.
+STANDIN_MARKER = "BENCHMARK-STAND-IN-WEIGHTS"
 
 _HUB_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -73,6 +80,44 @@ def no_downloads() -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def pkg_resources_shim() -> Iterator[None]:
+    """Let openai-clip import where setuptools>=81 no longer ships `pkg_resources`.
+
+    Why: `clip/clip.py` (the CLIP-based pyiqa metrics: clipiqa, clipscore, liqe, laion_aes,
+    qualiclip, ...) does `from pkg_resources import packaging` only to compare torch versions.
+    While the block runs, a missing `pkg_resources` is a module holding just `packaging`
+    (the real package, which setuptools vendored); it is removed afterwards, so nothing
+    outside a metric's construction sees it. A real `pkg_resources` is left alone.
+    """
+    if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
+        yield
+        return
+    import packaging.version
+
+    shim = types.ModuleType("pkg_resources")
+    shim.packaging = packaging  # type: ignore[attr-defined]
+    shim.__doc__ = "benchmark.models.offline shim: only `packaging`, for openai-clip"
+    sys.modules["pkg_resources"] = shim
+    try:
+        yield
+    finally:
+        if sys.modules.get("pkg_resources") is shim:
+            del sys.modules["pkg_resources"]
+
+
+def standin_caches() -> list[Path]:
+    """The weight caches in use that hold stand-in weights (scripts/pyiqa_standins.py)."""
+    import torch.hub
+
+    hub = Path(torch.hub.get_dir())
+    hf = Path(
+        os.environ.get("HF_HUB_CACHE")
+        or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
+    )
+    return [d for d in (hub, hf) if (d / STANDIN_MARKER).is_file()]
 
 
 def explain_load_failure(exc: BaseException) -> str:

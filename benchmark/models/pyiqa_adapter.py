@@ -9,21 +9,31 @@ forward+backward for SSIM, SSIM-C and MS-SSIM (docs/speed.md, scripts/fftconv_sp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import random
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from benchmark.errors import ModelUnavailable
 from benchmark.models.base import IQAModel, ModelInfo
 from benchmark.models.fftconv import fast_float64_conv
-from benchmark.models.offline import explain_load_failure, no_downloads
+from benchmark.models.offline import (
+    explain_load_failure,
+    no_downloads,
+    pkg_resources_shim,
+    standin_caches,
+)
 from benchmark.params import count_parameters
 from benchmark.paths import atomic_write
 
@@ -69,18 +79,158 @@ def pyiqa_info(name: str, params: int | None = None) -> ModelInfo:
     )
 
 
+# EOT draws per gradient for a metric that samples at random (crops, patches): each draw is
+# one seeded evaluation of the whole metric, so an attack follows the expected score rather
+# than one draw's crops (as for the random-resize purifier, benchmark.models.purified).
+EOT_SAMPLES = 4
+# Square sizes tried, smallest first, when a metric refuses a small image: the smallest that
+# scores is the side images are upscaled to (bilinear, differentiable), and it is recorded.
+SIZE_LADDER = (32, 64, 128, 224, 256, 384, 512)
+
+
+def _grad_wanted(x: torch.Tensor) -> bool:
+    return x.requires_grad and torch.is_grad_enabled()
+
+
+def _image_key(x: torch.Tensor) -> int:
+    """A seed from one image's pixels: its random crops depend on the image alone, not on
+    its batch or on how many times the model was called."""
+    pixels = x.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes()
+    return int.from_bytes(hashlib.blake2b(pixels, digest_size=7).digest(), "little")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """torch, numpy and `random` seeded inside the block, the caller's streams untouched."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+
+
+def _rng_states() -> tuple[torch.Tensor, Any, Any]:
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _rng_used(before: tuple[torch.Tensor, Any, Any]) -> bool:
+    after = _rng_states()
+    return not (
+        torch.equal(before[0], after[0])
+        and np.array_equal(before[1], after[1])
+        and before[2] == after[2]
+    )
+
+
 class PyiqaNet(torch.nn.Module):
-    """Calls the pyiqa network directly (keeps autograd on, no input-range asserts)."""
+    """Calls the pyiqa network directly (keeps autograd on, no input-range asserts).
+
+    Two policies, decided when the model is built (`fit_input_policy`) and recorded in its
+    info: images whose short side is below `min_side` are upscaled to it (bilinear,
+    differentiable), and a metric that draws random numbers is evaluated per image with the
+    RNGs seeded from the image's pixels (the same image always scores the same), averaging
+    `eot` seeded draws whenever an input gradient is taken (EOT).
+    """
 
     def __init__(self, metric: torch.nn.Module, kind: str) -> None:
         super().__init__()
         self.metric = metric
         self.kind = kind
+        self.min_side = 0
+        self.stochastic = False
+        self.eot = 1
 
-    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+    def _fit(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or min(t.shape[-2:]) >= self.min_side:
+            return t
+        scale = self.min_side / min(t.shape[-2:])
+        size = [max(self.min_side, round(s * scale)) for s in t.shape[-2:]]
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+    def _raw(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        # Copies: some metrics (A-FINE) write into their input, which must neither change the
+        # caller's images nor fail autograd on a leaf that requires grad.
+        x, ref = x.clone(), (None if ref is None else ref.clone())
         with fast_float64_conv():
             out = self.metric(x, ref) if self.kind == "FR" else self.metric(x)
-        return out[0] if isinstance(out, tuple) else out
+        out = out[0] if isinstance(out, tuple) else out
+        out = torch.as_tensor(out, device=x.device)
+        return out.reshape(x.shape[0], -1).mean(dim=1)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        draws = self.eot if _grad_wanted(x) else 1
+        x, ref = self._fit(x), self._fit(ref)
+        if not self.stochastic:
+            return self._raw(x, ref)
+        scores = []
+        for i in range(x.shape[0]):
+            xi, ri = x[i : i + 1], (None if ref is None else ref[i : i + 1])
+            key = _image_key(xi)
+            draw = []
+            for k in range(draws):
+                with _seeded(key + k, x.device):
+                    draw.append(self._raw(xi, ri))
+            scores.append(torch.stack(draw).mean(dim=0))
+        return torch.cat(scores)
+
+
+def _scores(net: PyiqaNet, side: int, device: torch.device) -> torch.Tensor | None:
+    """The score of a fixed random side x side image, or None if the metric refuses it."""
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side)).to(device)
+    try:
+        with torch.no_grad():
+            return net._raw(x, x.clone() if net.kind == "FR" else None)
+    except (RuntimeError, ValueError, IndexError, AssertionError, ZeroDivisionError):
+        return None
+
+
+def fit_input_policy(net: PyiqaNet, device: torch.device) -> dict[str, Any]:
+    """Find the smallest square input the metric scores and whether it samples at random.
+
+    Why: pyiqa metrics crop, resize and sample in their own ways; a metric that refuses a
+    small image would fail every cell, and one whose score changes from call to call would
+    make clean and attacked scores incomparable (pyiqa issue 48). The smallest side is
+    bisected between the ladder's rungs, so an image the metric accepts is never resized.
+    One scoring of a fixed image per size tried, without gradient. Raises the metric's own
+    error if no size scores.
+    """
+    prev = 0
+    for side in SIZE_LADDER:
+        before = _rng_states()
+        out = _scores(net, side, device)
+        if out is None:
+            prev = side
+            continue
+        net.stochastic = _rng_used(before)
+        lo, hi = prev, side  # lo refused (or 0), hi scores
+        while hi - lo > 1 and lo > 0:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if _scores(net, mid, device) is not None else (mid, hi)
+        net.min_side = hi if prev else 0
+        net.eot = EOT_SAMPLES if net.stochastic else 1
+        policy = (
+            f"refuses a short side below {hi}: upscaled (bilinear) to it"
+            if net.min_side
+            else "any size"
+        )
+        if not torch.isfinite(out).all():
+            policy += "; non-finite score on a random image"
+        return {
+            "input_policy": policy,
+            "min_side": net.min_side,
+            "stochastic": net.stochastic,
+            "eot_samples": net.eot,
+        }
+    x = torch.rand(1, 3, SIZE_LADDER[-1], SIZE_LADDER[-1]).to(device)
+    with torch.no_grad():  # raises the metric's own error
+        net._raw(x, x.clone() if net.kind == "FR" else None)
+    raise RuntimeError(f"no score for sides {SIZE_LADDER}")
 
 
 def pyiqa_metric(name: str, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -88,7 +238,7 @@ def pyiqa_metric(name: str, device: str | torch.device = "cpu") -> torch.nn.Modu
     the reference its numbers are tested against."""
     import pyiqa
 
-    with no_downloads():
+    with no_downloads(), pkg_resources_shim():
         return pyiqa.create_metric(
             name, as_loss=True, loss_reduction="none", device=torch.device(device)
         )
@@ -105,7 +255,18 @@ def create_pyiqa_model(name: str, device: str | torch.device = "cpu") -> IQAMode
     for p in metric.parameters():
         p.requires_grad_(False)
     info = pyiqa_info(name, params=count_parameters(metric.net))
-    return IQAModel(PyiqaNet(metric, info.kind), info)
+    net = PyiqaNet(metric, info.kind)
+    try:
+        policy = fit_input_policy(net, torch.device(device))
+    except Exception as exc:  # built, but scores no image of any size tried
+        raise ModelUnavailable(
+            f"pyiqa model {name!r} builds but scores no image of sides {SIZE_LADDER}: "
+            f"{explain_load_failure(exc)}"
+        ) from exc
+    extra = {**info.extra, **policy}
+    if standin_caches():  # made by scripts/pyiqa_standins.py for tests: say so in every cell
+        extra["standin_weights"] = True
+    return IQAModel(net, replace(info, extra=extra))
 
 
 @dataclass(frozen=True)
@@ -171,7 +332,18 @@ CLASSICAL_METRICS = frozenset(
 
 
 def pyiqa_availability(cache_dir: Path) -> dict[str, Availability]:
-    """Which pyiqa metrics can be built here; cached until the weight caches change."""
+    """Which pyiqa metrics can be built here; cached until the weight caches change.
+
+    A cache holding stand-in weights (random, made for tests by scripts/pyiqa_standins.py)
+    makes no metric that needs weights usable: their scores mean nothing.
+    """
+    standins = standin_caches()
+    if standins:
+        why = f"only stand-in weights (random, for tests) in {standins[0]}: not usable"
+        return {
+            name: _probe(name) if not _needs_weights(name) else Availability(False, why)
+            for name in pyiqa_configs()
+        }
     cache_file = cache_dir / "pyiqa-availability.json"
     key = _weights_fingerprint()
     if cache_file.is_file():

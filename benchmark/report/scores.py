@@ -565,6 +565,8 @@ def adaptive_attack_note(extra: Mapping[str, Any]) -> str:
         parts.append(f"BPDA through {extra.get('attacker_backward') or 'identity'}")
     if int(extra.get("eot_samples") or 1) > 1:
         parts.append(f"EOT over {int(extra['eot_samples'])} draws")
+    if int(extra.get("min_side") or 0) > 0:  # a pyiqa metric that refuses small images
+        parts.append(f"inputs upscaled to a short side of {int(extra['min_side'])}")
     return ", ".join(parts)
 
 
