@@ -356,6 +356,22 @@ def photos_status(
     return True, f"generated on first use from {n} photographs into {cache}/{card.name}-<hash>"
 
 
+def provenance_markdown(card: DatasetCard) -> str:
+    """The card's photographs as a Markdown table (docs/datasets.md is regenerated from it)."""
+    lines = [
+        "| photograph | split | package | version | path | licence | copyright | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in card.photos:
+        lic = p.license + (f" (upstream: {p.upstream_license})" if p.upstream_license else "")
+        group = f" ({p.group})" if p.group != p.name else ""
+        lines.append(
+            f"| {p.name}{group} | {p.split} | {p.package} | {p.version} | `{p.path}` | {lic} "
+            f"| {p.copyright.replace('|', '/')} | `{p.sha256[:16]}` |"
+        )
+    return "\n".join(lines)
+
+
 __all__ = [
     "DEBS_ENV",
     "build_photos",
@@ -366,5 +382,6 @@ __all__ = [
     "how_to_get",
     "packages",
     "photos_status",
+    "provenance_markdown",
     "read_members",
 ]
