@@ -275,3 +275,20 @@ def test_default_builtin_recipe_is_unchanged() -> None:
         "test": ["chelsea", "coffee", "camera", "I08"],
         "val": ["rocket", "grass"],
     }
+
+
+def test_build_dataset_command_prints_how_to_get_the_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmark.cli import main
+
+    write_card(tmp_path / "cards")
+    monkeypatch.setenv("BENCHMARK_DATASET_DIRS", str(tmp_path / "cards"))
+    monkeypatch.setenv("BENCHMARK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("BENCHMARK_DEBS", raising=False)
+    code = main(["-q", "build-dataset", "tiny-photos"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"apt-get download {PKG}" in err and str(tmp_path / "cache" / "debs") in err
+    assert main(["-q", "build-dataset", "kadid10k"]) == 2  # not a generated dataset
+    assert "builtin-layout" in capsys.readouterr().err
