@@ -151,6 +151,10 @@ class Source:
     group: str  # split unit: views of one scene share a group
     path: Path
     package: str
+    split: str | None = None  # None: the default recipe's split of `group` (split_of)
+
+    def split_name(self) -> str:
+        return self.split if self.split is not None else split_of(self.group)
 
 
 _SKIMAGE_FILES = {
@@ -293,8 +297,12 @@ def _file_sha256(path: Path) -> str:
 
 
 def recipe(config: BuildConfig, sources: Sequence[Source]) -> dict[str, Any]:
-    """Everything the output depends on; its hash names the cache folder."""
-    return {
+    """Everything the output depends on; its hash names the cache folder.
+
+    Sources that carry their own split (datasets whose card lists photographs) add their
+    groups and splits; the default recipe's dict, and so its hash, is unchanged.
+    """
+    out = {
         "version": BUILTIN_VERSION,
         "config": asdict(config) | {"distortions": list(config.distortion_names())},
         "distortion_params": {n: list(DISTORTIONS[n].params) for n in config.distortion_names()},
@@ -304,6 +312,9 @@ def recipe(config: BuildConfig, sources: Sequence[Source]) -> dict[str, Any]:
         "sources": {s.name: _file_sha256(s.path) for s in sources},
         "libraries": _versions(),
     }
+    if any(s.split is not None for s in sources):
+        out["splits"] = {s.name: [s.group, s.split_name()] for s in sources}
+    return out
 
 
 def recipe_hash(
@@ -347,8 +358,13 @@ def expected_images(config: BuildConfig, sources: Sequence[Source]) -> int:
     return total
 
 
-def estimate_minutes(config: BuildConfig = DEFAULT_CONFIG, workers: int | None = None) -> float:
-    sources = find_sources(config.sources)
+def estimate_minutes(
+    config: BuildConfig = DEFAULT_CONFIG,
+    workers: int | None = None,
+    sources: Sequence[Source] | None = None,
+) -> float:
+    if sources is None:
+        sources = find_sources(config.sources)
     n = expected_images(config, sources)
     return n * SECONDS_PER_IMAGE / _n_workers(workers, len(sources)) / 60 + 0.2
 
@@ -528,7 +544,7 @@ def build_source(src: Source, config: BuildConfig, images_dir: Path) -> list[dic
     grey = is_grey_file(src.path)
     size = config.crop_size
     dists = [get_distortion(n) for n in config.distortion_names()]
-    split = split_of(src.group)
+    split = src.split_name()
     rows: list[dict[str, Any]] = []
     for k, (y, x) in enumerate(select_crops(image, config.crops_per_source, size)):
         crop = np.ascontiguousarray(image[y : y + size, x : x + size])
@@ -688,12 +704,15 @@ def generate_builtin(
     out_dir: str | os.PathLike[str],
     config: BuildConfig = DEFAULT_CONFIG,
     *,
+    sources: Sequence[Source] | None = None,
     workers: int | None = None,
     progress: bool = True,
     force: bool = False,
 ) -> Path:
     """Build the dataset described by `config` into `out_dir`, atomically; returns `out_dir`.
 
+    `sources` (default: the wheels' photographs named by `config.sources`) lets a dataset
+    built from other photographs, such as Debian's (`debian.py`), reuse this recipe.
     Work happens in a sibling temp folder that replaces `out_dir` only when complete, so a
     killed or concurrent build never leaves a half dataset that is later trusted. An
     existing complete build with the same recipe is reused unless `force`.
@@ -707,7 +726,10 @@ def generate_builtin(
         )
     config.validate()
     out = Path(out_dir).expanduser().resolve()
-    sources = find_sources(config.sources)
+    if sources is None:
+        sources = find_sources(config.sources)
+    elif not sources:
+        raise DataError("no source photographs to build from")
     digest = hashlib.sha256(
         json.dumps(recipe(config, sources), sort_keys=True).encode()
     ).hexdigest()[:12]
@@ -838,16 +860,16 @@ class BuiltinDataset(IQADataset):
                 f"dataset {name!r} has no split {split!r}; choose from all, {', '.join(SPLITS)}"
             )
         self.policy, self.size = policy, size
-        self._rows = self._read_index(split)
+        self._rows = self._read_index(split, name)
         self._ids = list(self._rows)
         self._ref_cache: tuple[str, torch.Tensor] | None = None
         self.info = DatasetInfo(name, "builtin", (0.0, 1.0), True, split, description)
 
-    def _read_index(self, split: str) -> dict[str, _Row]:
+    def _read_index(self, split: str, name: str) -> dict[str, _Row]:
         index = self.root / "index.csv"
         if not index.is_file():
             raise DataError(
-                f"{index}: builtin index not found; run `python -m benchmark build-dataset builtin`"
+                f"{index}: {name} index not found; run `python -m benchmark build-dataset {name}`"
             )
         rows: dict[str, _Row] = {}
         with open(index, newline="", encoding="utf-8") as fh:

@@ -17,6 +17,20 @@ and column names of the official release. Schema (unknown keys and wrong types a
     [image]
     policy = "resize"                     # none | resize | center-crop | crop
     size = [384, 512]                     # [height, width]
+    [[photos]]                            # builtin layout only: the source photographs
+    name = "mate_aqua"                    # its folder in the built dataset
+    origin = "deb"                        # deb (a Debian package) | wheel (an installed wheel)
+    package = "mate-backgrounds"
+    version = "1.26.0-1"                  # the version checked (a deb's sha256 is enforced)
+    path = "usr/share/backgrounds/mate/nature/Aqua.jpg"   # inside the package
+    license = "GPL-2+"                    # as the package's copyright file states it
+    copyright = "2008, Charles Barbin"
+    sha256 = "..."
+    split = "test"                        # train | val | test
+    group = "..."                         # optional: views of one scene share a group
+
+A builtin card without `[[photos]]` is the default built-in dataset (the wheels'
+photographs, `builtin.py`); with them, the dataset is built from exactly those (`debian.py`).
 
 A relative `root` written in a card is relative to the card's folder; one given as an
 argument, in the environment or as `folder:PATH` is relative to the current folder (an
@@ -55,8 +69,43 @@ _CARD_SPEC = {
     "image": ((dict,), False),
     "url": ((str,), False),
     "citation": ((str,), False),
+    "photos": ((list,), False),
 }
+_PHOTO_SPEC = {
+    "name": ((str,), True),
+    "origin": ((str,), True),
+    "package": ((str,), True),
+    "version": ((str,), True),
+    "path": ((str,), True),
+    "license": ((str,), True),
+    "copyright": ((str,), False),
+    "upstream_license": ((str,), False),
+    "sha256": ((str,), True),
+    "split": ((str,), True),
+    "group": ((str,), False),
+}
+PHOTO_ORIGINS = ("deb", "wheel")
+PHOTO_SPLITS = ("train", "val", "test")
+_PHOTO_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _IMAGE_SPEC = {"policy": ((str,), True), "size": ((list,), False)}
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """One source photograph of a builtin-layout card, with its provenance (data, not prose)."""
+
+    name: str
+    origin: str  # "deb" | "wheel"
+    package: str
+    version: str
+    path: str  # inside the package (deb: the extracted tree; wheel: below site-packages)
+    license: str
+    sha256: str
+    split: str
+    group: str
+    copyright: str = ""
+    upstream_license: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +121,7 @@ class DatasetCard:
     url: str = ""
     citation: str = ""
     path: Path | None = None  # the card file, None for `folder:PATH`
+    photos: tuple[PhotoRecord, ...] = ()  # builtin layout: its own source photographs
 
     @property
     def env_var(self) -> str:
@@ -143,6 +193,10 @@ def read_dataset_card(path: Path) -> DatasetCard:
         if policy == "none" and size is not None:
             raise ConfigError(f"{path} [image]: policy 'none' keeps the size; remove size")
 
+    photos = _parse_photos(data.get("photos", []), path)
+    if photos and layout != "builtin":
+        raise ConfigError(f"{path}: [[photos]] is for the builtin layout only")
+
     return DatasetCard(
         name=name,
         layout=layout,
@@ -155,7 +209,55 @@ def read_dataset_card(path: Path) -> DatasetCard:
         url=data.get("url", ""),
         citation=data.get("citation", ""),
         path=path,
+        photos=photos,
     )
+
+
+def _parse_photos(raw: list[Any], path: Path) -> tuple[PhotoRecord, ...]:
+    """Validate `[[photos]]`: unique names, known origins and splits, one split per group."""
+    photos: list[PhotoRecord] = []
+    split_of_group: dict[str, str] = {}
+    for i, entry in enumerate(raw):
+        where = f"{path} [[photos]] #{i + 1}"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: must be a table")
+        data = check_fields(entry, _PHOTO_SPEC, where)
+        name = data["name"]
+        if not _PHOTO_NAME_RE.match(name):
+            raise ConfigError(f"{where}: name {name!r} must be letters, digits, '_', '-'")
+        if data["origin"] not in PHOTO_ORIGINS:
+            raise ConfigError(f"{where}: origin must be one of {', '.join(PHOTO_ORIGINS)}")
+        if data["split"] not in PHOTO_SPLITS:
+            raise ConfigError(f"{where}: split must be one of {', '.join(PHOTO_SPLITS)}")
+        if not _SHA256_RE.match(data["sha256"]):
+            raise ConfigError(f"{where}: sha256 must be 64 lower-case hex digits")
+        rel = Path(data["path"])
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ConfigError(f"{where}: path {data['path']!r} must be relative, without '..'")
+        if any(p.name == name for p in photos):
+            raise ConfigError(f"{where}: photo {name!r} is listed twice")
+        group = data.get("group", name)
+        if split_of_group.setdefault(group, data["split"]) != data["split"]:
+            raise ConfigError(
+                f"{where}: group {group!r} is in {split_of_group[group]!r} and {data['split']!r};"
+                " a photograph's views must share a split"
+            )
+        photos.append(
+            PhotoRecord(
+                name=name,
+                origin=data["origin"],
+                package=data["package"],
+                version=data["version"],
+                path=data["path"],
+                license=data["license"],
+                sha256=data["sha256"],
+                split=data["split"],
+                group=group,
+                copyright=data.get("copyright", ""),
+                upstream_license=data.get("upstream_license", ""),
+            )
+        )
+    return tuple(photos)
 
 
 def _parse_range(raw: list[Any], path: Path) -> tuple[float, float]:

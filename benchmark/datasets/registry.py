@@ -96,9 +96,13 @@ def open_card(
         from benchmark.datasets.builtin import BuiltinDataset, build_builtin
 
         cache = root if root is not None else card.root
-        path = build_builtin(
-            cache_dir=None if cache is None else os.path.expanduser(os.fspath(cache))
-        )
+        cache_dir = None if cache is None else os.path.expanduser(os.fspath(cache))
+        if card.photos:  # its own photographs, some from Debian packages
+            from benchmark.datasets.debian import build_photos
+
+            path = build_photos(card, cache_dir)
+        else:
+            path = build_builtin(cache_dir=cache_dir)
         return BuiltinDataset(
             path,
             split,
@@ -137,6 +141,11 @@ def card_status(card: DatasetCard) -> DatasetStatus:
         from benchmark.datasets.builtin import builtin_status, default_dir
 
         cache = None if card.root is None else os.path.expanduser(card.root)
+        if card.photos:
+            from benchmark.datasets.debian import photos_status
+
+            usable, reason = photos_status(card, cache)
+            return DatasetStatus(card.name, info, usable, reason, splits, card.path)
         try:
             _, reason = builtin_status(cache)
             root: Path | None = default_dir(cache)
