@@ -155,6 +155,21 @@ def test_purifiers_chain_and_record_their_base() -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_a_purifier_in_front_of_a_certified_model_drops_its_certified_cap() -> None:
+    """The RobustBlock model's Lipschitz bound holds for it alone; JPEG in front of it is not
+    even continuous, so the purified model must not show the base's certified cap."""
+    from benchmark.report.scores import certified_gain
+
+    robust = create_model("robust-cnniqa-builtin")
+    assert robust.info.extra["certified"]["lipschitz"] > 0
+    shape = (3, 192, 192)
+    assert np.isfinite(certified_gain(robust.info.to_dict(), 4 / 255, "linf", shape))
+    for name in ("jpeg50+robust-cnniqa-builtin", "blur1+robust-cnniqa-builtin"):
+        purified = create_model(name)
+        assert "certified" not in purified.info.extra
+        assert np.isnan(certified_gain(purified.info.to_dict(), 4 / 255, "linf", shape))
+
+
 def test_evaluating_a_stochastic_purifier_is_reproducible(tiny_root) -> None:
     from benchmark.datasets.builtin import BuiltinDataset
     from benchmark.report.evaluation import evaluate_model

@@ -208,7 +208,9 @@ def purified_model(name: str, base: IQAModel) -> IQAModel:
         base=base.name,
         description=f"{kind} {value:g} purification in front of {base.name}",
         extra={
-            **base.info.extra,
+            # the base's certified Lipschitz bound does not survive a purifier in front of it
+            # (JPEG and bit-depth quantisation are not even continuous), so it is not inherited
+            **{k: v for k, v in base.info.extra.items() if k != "certified"},
             "purifier": kind,
             "purifier_param": value,
             "bpda": purifier.bpda,
