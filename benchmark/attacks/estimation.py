@@ -16,6 +16,7 @@ keyed by the seed and the image's pixels, so results do not depend on batching.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -53,11 +54,13 @@ class _Estimation(ScoreAttack):
                 f"{2 * self.samples + 2} (2 * samples + 2)"
             )
 
+    @abstractmethod
     def _directions(self, shape: torch.Size, gens: list[torch.Generator]) -> torch.Tensor:
-        raise NotImplementedError
+        """One random direction per image (the estimator's distribution)."""
 
+    @abstractmethod
     def _step(self, adv: torch.Tensor, grad: torch.Tensor, t: int) -> torch.Tensor:
-        raise NotImplementedError
+        """The next iterate from the estimated gradient (before projection)."""
 
     def _reset(self) -> None:
         """Clear per-batch optimiser state."""

@@ -141,18 +141,10 @@ def _split_text(corr: Mapping[str, Mapping[str, Any] | None]) -> str:
 
 
 def versus_base(row: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
-    """The worst-case gain against the base model's: lower or higher where the two intervals
-    are apart, else "not separated" (what the images and photographs cannot tell apart)."""
-    if base is None:
-        return "-"
-    vals = [row["abs_gain_low"], row["abs_gain_high"], base["abs_gain_low"], base["abs_gain_high"]]
-    if not np.all(np.isfinite(np.asarray(vals, dtype=float))):
-        return "-"
-    if row["abs_gain_high"] < base["abs_gain_low"]:
-        return "lower"
-    if row["abs_gain_low"] > base["abs_gain_high"]:
-        return "higher"
-    return "not separated"
+    """The worst-case gain against the base model's (`tables.separation`), "-" without one."""
+    from benchmark.report.tables import separation
+
+    return (separation(row, base) if base is not None else None) or "-"
 
 
 def spread_gains(cells: list[CellResult]) -> dict[tuple[str, str, float, str], float]:

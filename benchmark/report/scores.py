@@ -436,8 +436,8 @@ def bootstrap_stats(
                 f"clusters must give one group per image ({n}), got {np.shape(clusters)}"
             )
         clusters = np.unique(clusters, return_inverse=True)[1].ravel()  # 0..G-1, none empty
-    if n == 0 or n_boot == 0:
-        return np.empty(0)
+    if n == 0 or n_boot == 0 or (clusters is not None and int(clusters.max()) < 1):
+        return np.empty(0)  # with one photograph no interval over photographs exists
     rng = np.random.default_rng(seed)
     chunk = max(1, min(int(n_boot), _MAX_BOOT_ELEMS // n))
     stats: list[np.ndarray] = []
@@ -467,8 +467,6 @@ def bootstrap_ci(
     if not (0.0 < level < 1.0):
         raise ConfigError(f"confidence level must lie in (0, 1), got {level}")
     nan = float("nan")
-    if clusters is not None and np.unique(clusters).size < 2:
-        return BootstrapCI(nan, nan, 0)
     stats = bootstrap_stats(row_stat, *arrays, n_boot=n_boot, seed=seed, clusters=clusters)
     good = stats[np.isfinite(stats)]
     if good.size == 0:
@@ -676,7 +674,7 @@ def summarize_cell(
     # gains
     applied = cell.status == "done"
     keep = finite_mask(q, q_adv)
-    (qa, qb), n_dropped = finite_pairs(q, q_adv)
+    qa, qb, n_dropped = q[keep], q_adv[keep], int(keep.size - keep.sum())
     pair_clusters = _subset(clusters, keep)
     out["n_pairs"] = int(qa.size) if applied else 0
     out["n_dropped"] = n_dropped if applied else 0
@@ -777,9 +775,9 @@ def paired_difference(
     d = np.array([ga[i] - gb[i] for i in shared])
     group_of = None if a.group is None else dict(zip(a.image_id, a.group, strict=True))
     clusters = None if group_of is None else cluster_codes([group_of[i] for i in shared])
-    if clusters is not None and np.unique(clusters).size < 2:
-        return float(d.mean()), (nan, nan), nan, int(d.size)
     means = bootstrap_stats(row_mean, d, n_boot=n_boot, seed=seed, clusters=clusters)
+    if means.size == 0:
+        return float(d.mean()), (nan, nan), nan, int(d.size)
     low, high = np.percentile(means, [2.5, 97.5])
     p = min(1.0, 2 * min(float((means <= 0).mean()), float((means >= 0).mean())))
     return float(d.mean()), (float(low), float(high)), p, int(d.size)

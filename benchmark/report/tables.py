@@ -239,16 +239,23 @@ def _mark_inseparable(frame: pd.DataFrame) -> None:
     for _, group in ranked.groupby(GROUP_KEYS, sort=False):
         above: Any = None
         for idx, row in group.sort_values(["rank", "model"], kind="stable").iterrows():
-            if above is not None and _overlap(row, above):
+            # no interval: nothing separates them
+            if above is not None and separation(row, above) in (None, "not separated"):
                 frame.at[idx, "tied_with"] = above["model"]
             above = row
 
 
-def _overlap(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    lows, highs = (a["abs_gain_low"], b["abs_gain_low"]), (a["abs_gain_high"], b["abs_gain_high"])
-    if not all(np.isfinite([*lows, *highs])):
-        return True  # no interval: nothing separates them
-    return max(lows) <= min(highs)
+def separation(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    """Where `a`'s worst-case gain interval lies against `b`'s: "lower", "higher", "not
+    separated" (they overlap), or None when either has no interval."""
+    vals = [a["abs_gain_low"], a["abs_gain_high"], b["abs_gain_low"], b["abs_gain_high"]]
+    if not np.all(np.isfinite(np.asarray(vals, dtype=float))):
+        return None
+    if a["abs_gain_high"] < b["abs_gain_low"]:
+        return "lower"
+    if a["abs_gain_low"] > b["abs_gain_high"]:
+        return "higher"
+    return "not separated"
 
 
 @dataclass
